@@ -1,0 +1,404 @@
+"""Kaggle I/O: the official `kaggle` CLI run as a subprocess, and safe archive extraction.
+
+Public functions (stages call these; nothing here imports a stage):
+
+- `download_competition(competition, dest, files=None, force=False)`: runs
+  `kaggle competitions download -c NAME -p TMP [-f FILE]`, extracts the competition zip and any
+  archive found inside it (zip, tar, tar.gz/bz2/xz, 7z incl. planet's .tar.7z), deletes the
+  extracted archives, writes `dest/.kaggle-download.json` and only then replaces `dest` whole.
+  A finished download of the same competition and files is not repeated unless `force`.
+- `safe_extract(archive, dest)`: extracts one archive after checking every entry stays inside
+  `dest`; a truncated or corrupt archive raises a message naming it.
+- `submit(competition, file, message) -> int | None`: `kaggle competitions submit`; returns the
+  submission ref the CLI prints (None when an older CLI does not print one).
+- `poll_submission(competition, ref, message, attempts, interval_s) -> dict`: reads
+  `kaggle competitions submissions --csv` up to `attempts` times, `interval_s` seconds apart,
+  until the submission is scored; returns `{"status", "submission_ref", "public_score"}` with
+  status "complete", "error" or "pending" (still scoring when the attempts ran out).
+
+Every user-facing failure raises `PipelineError` with one actionable line: missing `kaggle`
+command, missing credentials, rules not accepted (403), unknown competition (404), no network.
+
+Credentials: the CLI inherits `os.environ` (KAGGLE_USERNAME/KAGGLE_KEY, KAGGLE_API_TOKEN,
+~/.kaggle/kaggle.json are read by the CLI itself, never by this module's callers). CLI output is
+captured, never streamed; a snippet of it is relayed in an error only when it contains none of
+the credential values known to this process.
+
+Try it by hand (needs credentials and accepted rules):
+    python -c "from pathlib import Path; from pipeline.kaggle import download_competition as d; \
+d('digit-recognizer', Path('data/raw'))"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import io
+import json
+import lzma
+import os
+import posixpath
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+import zlib
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pipeline.files import PipelineError, atomic_dir, read_json, write_json
+
+MARKER = ".kaggle-download.json"  # written last into a finished download
+NESTED_DEPTH = 3  # archives inside archives inside archives; deeper is left alone
+NO_KAGGLE = "the `kaggle` command is not installed: run `pip install kaggle`"
+MIN_SECRET_LEN = 4  # shorter "secrets" would match ordinary text and blank every message
+CREDENTIALS_HELP = (
+    "no Kaggle credentials found: create an API token at https://www.kaggle.com/settings/api "
+    "and save it as ~/.kaggle/kaggle.json, or export KAGGLE_USERNAME and KAGGLE_KEY, "
+    "or export KAGGLE_API_TOKEN"
+)
+
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+_ARCHIVE_SUFFIXES = (".zip", ".7z", *_TAR_SUFFIXES)
+
+
+# ---- the CLI as a subprocess -----------------------------------------------------------------
+
+
+def kaggle_executable() -> str:
+    """The `kaggle` beside this interpreter (the project's venv) first, then the one on PATH."""
+    beside = Path(sys.executable).parent / "kaggle"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("kaggle")
+    if found is None:
+        raise PipelineError(NO_KAGGLE)
+    return found
+
+
+def _run_cli(args: list[str], competition: str, timeout_s: float | None = None) -> str:
+    """Run `kaggle ARGS`; return its stdout, or raise PipelineError explaining the failure."""
+    cmd = [kaggle_executable(), *args]
+    try:
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,  # never wait on an interactive prompt
+        )
+    except FileNotFoundError as e:
+        raise PipelineError(NO_KAGGLE) from e
+    except subprocess.TimeoutExpired as e:
+        raise PipelineError(
+            f"`kaggle {args[0]} {args[1]}` gave no answer within {timeout_s:.0f} s: "
+            "check your network and try again"
+        ) from e
+    if proc.returncode != 0:
+        raise PipelineError(_explain_failure(proc.stdout + "\n" + proc.stderr, competition, args))
+    return proc.stdout
+
+
+def _explain_failure(output: str, competition: str, args: list[str]) -> str:
+    """Turn the CLI's output into one actionable line (the CLI's wording varies by version)."""
+    text = output.lower()
+    if "authentication required" in text or "401" in text or "unauthorized" in text:
+        return CREDENTIALS_HELP
+    if "403" in text or "accept this competition's rules" in text or "forbidden" in text:
+        return (
+            f"Kaggle refused access to '{competition}' (403): accept the competition's rules at "
+            f"https://www.kaggle.com/competitions/{competition}/rules, then run again"
+        )
+    if "404" in text or "not found" in text:
+        what, keys = f"competition '{competition}'", "competition.name"
+        if "-f" in args:
+            what += f" or file '{args[args.index('-f') + 1]}'"
+            keys += " and competition.files"
+        return (
+            f"Kaggle has no {what} (404): check {keys} in params.yaml against "
+            f"https://www.kaggle.com/competitions/{competition}/data"
+        )
+    network = (
+        "connectionerror",
+        "max retries exceeded",
+        "failed to establish a new connection",
+        "name or service not known",
+        "temporary failure in name resolution",
+        "unable to connect to proxy",
+        "connection refused",
+        "timed out",
+    )
+    if any(marker in text for marker in network):
+        return "cannot reach Kaggle: check your network connection (and HTTPS_PROXY if you use one)"
+    return f"`kaggle {' '.join(args[:2])}` failed: {_last_line(output)}"
+
+
+def _last_line(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    if not lines:
+        return "(no output)"
+    if _contains_secret(output):
+        return "(output withheld because it contained credentials)"
+    return lines[-1][:300]
+
+
+def _secret_values() -> set[str]:
+    """Credential values this process can see, so that output echoing them is never relayed."""
+    values = {os.environ.get(name, "") for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")}
+    config_dir = os.environ.get("KAGGLE_CONFIG_DIR") or os.path.expanduser("~/.kaggle")
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # absent or not JSON
+        values.add(str(json.loads(Path(config_dir, "kaggle.json").read_text()).get("key", "")))
+    with contextlib.suppress(OSError):
+        values.add(Path(config_dir, "access_token").read_text().strip())
+    return {v for v in values if len(v) >= MIN_SECRET_LEN}
+
+
+def _contains_secret(text: str) -> bool:
+    return any(secret in text for secret in _secret_values())
+
+
+# ---- download --------------------------------------------------------------------------------
+
+
+def download_competition(
+    competition: str, dest: Path, files: list[str] | None = None, force: bool = False
+) -> None:
+    dest = Path(dest)
+    wanted = {"competition": competition, "files": sorted(files) if files else None}
+    if not force and _finished_download(dest) == wanted:
+        print(f"{dest} already holds the Kaggle download of '{competition}' (force to refetch)")
+        return
+    with atomic_dir(dest) as tmp:
+        for name in files or [None]:
+            args = ["competitions", "download", "-c", competition, "-p", str(tmp), "--quiet"]
+            _run_cli([*args, "-f", name] if name else args, competition)
+        if not any(tmp.iterdir()):
+            raise PipelineError(f"`kaggle competitions download` wrote nothing for '{competition}'")
+        _extract_all(tmp, bundle=tmp / f"{competition}.zip")
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json(tmp / MARKER, {**wanted, "downloaded_at": stamp})
+    print(f"downloaded '{competition}' into {dest}")
+
+
+def _finished_download(dest: Path) -> dict[str, Any] | None:
+    try:
+        marker = read_json(dest / MARKER)
+    except (OSError, ValueError):
+        return None
+    return {"competition": marker.get("competition"), "files": marker.get("files")}
+
+
+def _extract_all(root: Path, bundle: Path) -> None:
+    """Extract the competition bundle into `root`, then every archive found under it."""
+    if bundle.is_file():
+        safe_extract(bundle, root)  # as Kaggle's own --unzip does: its files land in root
+        bundle.unlink()
+    for _ in range(NESTED_DEPTH):
+        nested = sorted(p for p in root.rglob("*") if p.is_file() and _is_archive(p))
+        if not nested:
+            return
+        for archive in nested:
+            _extract_nested(archive)
+
+
+def _extract_nested(archive: Path) -> None:
+    """Extract beside the archive: a lone entry keeps its name (`train.zip` holding `train/`
+    gives `train/`, `train.csv.zip` gives `train.csv`); several go into a folder named after it.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=".extract.", dir=archive.parent))
+    try:
+        safe_extract(archive, staging)
+        entries = list(staging.iterdir())
+        stem = _archive_stem(archive.name)
+        if len(entries) == 1 and not (archive.parent / entries[0].name).exists():
+            entries[0].rename(archive.parent / entries[0].name)
+        else:
+            target = archive.parent / stem
+            if target.exists():
+                raise PipelineError(f"cannot extract {archive.name}: {target.name} already exists")
+            staging.rename(target)
+        archive.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(_ARCHIVE_SUFFIXES)
+
+
+def _archive_stem(name: str) -> str:
+    """`train-jpg.tar.7z` -> `train-jpg`, `train.zip` -> `train`."""
+    lowered = name.lower()
+    while True:
+        for suffix in sorted(_ARCHIVE_SUFFIXES, key=len, reverse=True):
+            if lowered.endswith(suffix) and len(lowered) > len(suffix):
+                name, lowered = name[: -len(suffix)], lowered[: -len(suffix)]
+                break
+        else:
+            return name
+
+
+# ---- safe extraction -------------------------------------------------------------------------
+
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Extract `archive` into `dest`; every entry is checked before anything is written."""
+    archive, dest = Path(archive), Path(dest)
+    lowered = archive.name.lower()
+    dest.mkdir(parents=True, exist_ok=True)
+    if lowered.endswith(".zip"):
+        _extract_zip(archive, dest)
+    elif lowered.endswith(_TAR_SUFFIXES):
+        _extract_tar(archive, dest)
+    elif lowered.endswith(".7z"):
+        _extract_7z(archive, dest)
+    else:
+        raise PipelineError(f"{archive.name}: not an archive format this pipeline extracts")
+
+
+def _check_names(archive: Path, names: Iterable[str]) -> None:
+    """Refuse absolute paths and paths that climb out of the target folder (zip-slip)."""
+    for name in names:
+        posix = name.replace("\\", "/")
+        parts = PurePosixPath(posix).parts
+        if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix) or ".." in parts:
+            raise PipelineError(
+                f"refusing to extract {archive.name}: entry '{name}' would be written outside "
+                "the target folder; the archive is unsafe or corrupt"
+            )
+
+
+def _escapes(link_target: str) -> bool:
+    normal = posixpath.normpath(link_target.replace("\\", "/"))
+    return normal.startswith("/") or normal == ".." or normal.startswith("../")
+
+
+def _corrupt(archive: Path, err: BaseException) -> PipelineError:
+    return PipelineError(
+        f"{archive.name} is truncated or corrupt ({type(err).__name__}: {err}); "
+        "delete it and download again (force the download)"
+    )
+
+
+def _extract_zip(archive: Path, dest: Path) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            _check_names(archive, zf.namelist())
+            zf.extractall(dest)
+    except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as e:
+        raise _corrupt(archive, e) from e
+
+
+def _extract_tar(archive: Path, dest: Path) -> None:
+    try:
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()  # reads the whole index: a truncated tar fails here
+            _check_names(archive, (m.name for m in members))
+            for m in members:
+                # A symlink's target is relative to its folder, a hard link's to the root.
+                if m.issym() and _escapes(posixpath.join(posixpath.dirname(m.name), m.linkname)):
+                    raise PipelineError(
+                        f"refusing to extract {archive.name}: link '{m.name}' points outside "
+                        "the target folder"
+                    )
+                if m.islnk():
+                    _check_names(archive, [m.linkname])
+                if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+                    raise PipelineError(
+                        f"refusing to extract {archive.name}: '{m.name}' is special"
+                    )
+            # The "data" filter (Python >= 3.11.4/3.10.12) re-checks links and strips modes.
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(dest, members=members, filter="data")
+            else:
+                tf.extractall(dest, members=members)
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as e:
+        if isinstance(e, getattr(tarfile, "FilterError", ())):
+            raise PipelineError(f"refusing to extract {archive.name}: {e}") from e
+        raise _corrupt(archive, e) from e
+
+
+def _extract_7z(archive: Path, dest: Path) -> None:
+    try:
+        import py7zr  # optional: only cifar-10 / planet style competitions ship .7z
+    except ImportError as e:
+        raise PipelineError(
+            f"{archive.name} is a 7z archive: run `pip install py7zr` to extract it"
+        ) from e
+    try:
+        with py7zr.SevenZipFile(archive, mode="r") as zf:
+            _check_names(archive, zf.getnames())
+            zf.extractall(path=dest)
+    except (py7zr.exceptions.ArchiveError, EOFError, lzma.LZMAError) as e:
+        raise _corrupt(archive, e) from e
+
+
+# ---- submission ------------------------------------------------------------------------------
+
+
+def submit(competition: str, file: Path, message: str) -> int | None:
+    args = ["competitions", "submit", "-c", competition, "-f", str(file), "-m", message]
+    out = _run_cli(args, competition, timeout_s=600)
+    found = re.search(r"Submission ref:\s*(\d+)", out)
+    return int(found.group(1)) if found else None
+
+
+def poll_submission(
+    competition: str, ref: int | None, message: str, attempts: int, interval_s: float
+) -> dict[str, Any]:
+    """Follow one submission in the listing; `message` identifies it when `ref` is unknown."""
+    result: dict[str, Any] = {"status": "pending", "submission_ref": ref, "public_score": None}
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(interval_s)
+        args = ["competitions", "submissions", "-c", competition, "--csv"]
+        row = _find_submission(_parse_listing(_run_cli(args, competition, 120)), ref, message)
+        if row is None:
+            continue  # a fresh submission can take a moment to be listed
+        result = {
+            "status": _status(row.get("status", "")),
+            "submission_ref": int(row["ref"]) if str(row.get("ref", "")).isdigit() else ref,
+            "public_score": _score(row.get("publicScore")),
+        }
+        if result["status"] != "pending":
+            break
+    return result
+
+
+def _parse_listing(out: str) -> list[dict[str, str]]:
+    """CSV rows of `kaggle competitions submissions --csv`, skipping any warning lines above."""
+    lines = out.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("ref,")), None)
+    if start is None:
+        return []
+    return list(csv.DictReader(io.StringIO("\n".join(lines[start:]))))
+
+
+def _find_submission(rows: list[dict[str, str]], ref: int | None, message: str) -> dict | None:
+    for row in rows:  # newest first
+        if (ref is not None and row.get("ref") == str(ref)) or (
+            ref is None and row.get("description") == message
+        ):
+            return row
+    return None
+
+
+def _status(raw: str) -> str:
+    """'SubmissionStatus.COMPLETE' (CLI 1.7+) or 'complete' (older) -> 'complete'."""
+    name = raw.rsplit(".", 1)[-1].lower()
+    return name if name in ("complete", "error") else "pending"
+
+
+def _score(raw: str | None) -> float | None:
+    try:
+        return float(raw) if raw not in (None, "", "None") else None
+    except ValueError:
+        return None
