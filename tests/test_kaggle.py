@@ -347,7 +347,7 @@ def stage_files(root: Path, submission: str = GOOD) -> dict[str, Path]:
     prepared.mkdir(parents=True)
     (prepared / "sample_submission.csv").write_text(SAMPLE)
     write_json(prepared / "meta.json", {"classes": ["cat", "dog"], "submission_kind": "label"})
-    write_json(root / "metrics" / "cv.json", {"accuracy": 0.975})
+    write_json(root / "metrics" / "cv.json", {"metric": "accuracy", "cv": 0.975})
     sub = root / "submissions" / "submission.csv"
     sub.parent.mkdir()
     sub.write_text(submission)
@@ -390,6 +390,14 @@ def test_upload_sends_the_exact_bytes_and_records_the_receipt(fake, api_key, tmp
         assert part in receipt["message"]
     assert fake.api_calls()[:2] == ["StartSubmissionUpload", "CreateSubmission"]
     assert "ListSubmissions" in fake.api_calls()
+
+
+def test_message_names_cv_scores_models_and_revision(tmp_path):
+    cv = tmp_path / "cv.json"
+    write_json(cv, {"accuracy": 0.5, "logloss": 1.25, "folds": [0, 1]})
+    message = upload.build_message(cv, ["resnet18"])
+    assert message.startswith("cv accuracy=0.50000, logloss=1.25000 | models resnet18 | git ")
+    assert len(upload.build_message(cv, ["m" * 300])) <= upload.MAX_MESSAGE_LEN
 
 
 def test_upload_polls_a_bounded_number_of_times(fake, api_key, tmp_path):

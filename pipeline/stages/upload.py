@@ -96,13 +96,18 @@ def validate(submission: Path, prepared_dir: Path) -> None:
 def build_message(metrics_path: Path, models: list[str]) -> str:
     """'cv accuracy=0.98120 | models resnet18,convnext_tiny | git 1a2b3c4' (CV, models, commit)."""
     cv = read_json(metrics_path) if metrics_path.exists() else {}
-    scores = ", ".join(
-        f"{k}={v:.5f}"
-        for k, v in cv.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    )
-    parts = [f"cv {scores or 'n/a'}", f"models {','.join(models) or 'n/a'}", f"git {_git_rev()}"]
-    return " | ".join(parts)[:MAX_MESSAGE_LEN]
+    parts = [f"cv {_cv_scores(cv) or 'n/a'}", f"models {','.join(models) or 'n/a'}"]
+    return " | ".join([*parts, f"git {_git_rev()}"])[:MAX_MESSAGE_LEN]
+
+
+def _cv_scores(cv: dict[str, Any]) -> str:
+    """{"metric": "accuracy", "cv": 0.98} or {"accuracy": 0.98, ...} -> 'accuracy=0.98000'."""
+    if isinstance(cv.get("metric"), str) and isinstance(cv.get("cv"), (int, float)):
+        cv = {cv["metric"]: cv["cv"]}
+    numbers = {
+        k: v for k, v in cv.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    return ", ".join(f"{k}={v:.5f}" for k, v in numbers.items())
 
 
 def _git_rev() -> str:
