@@ -1,0 +1,1 @@
+"""Folds, timm training, TTA, ensembling and a validated Kaggle submission, driven by DVC."""

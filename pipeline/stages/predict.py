@@ -1,0 +1,92 @@
+"""predict: out-of-fold and test probabilities of one trained model, averaged over TTA views.
+
+    python -m pipeline predict --model resnet10t --fold 0     # reads tta.* from params.yaml
+
+Writes preds/<model>/fold<k>/oof.csv (the fold's validation rows) and test.csv: an id column and
+one probability column per class. Only `tta` is read from params, so changing it reruns predict
+and what follows, never training.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from pipeline import model
+from pipeline.data import build_transforms, fold_rows, read_folds, read_index, split_dataset
+from pipeline.files import write_csv
+from pipeline.params import Tta, load_params
+
+
+def _shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Translate a batch by whole pixels, padding with the edge (no wrap-around)."""
+    p = max(abs(dx), abs(dy))
+    padded = F.pad(x, (p, p, p, p), mode="replicate")
+    h, w = x.shape[-2:]
+    return padded[..., p - dy : p - dy + h, p - dx : p - dx + w]
+
+
+def _shift_views(x: torch.Tensor) -> list[torch.Tensor]:
+    d = max(1, x.shape[-1] // 32)  # one pixel per 32 px of input
+    return [_shift(x, d, 0), _shift(x, -d, 0), _shift(x, 0, d), _shift(x, 0, -d)]
+
+
+# name -> the batches a view feeds the model; their softmax outputs are averaged
+VIEWS: dict[str, Callable[[torch.Tensor], list[torch.Tensor]]] = {
+    "basic": lambda x: [x],
+    "hflip": lambda x: [x.flip(-1)],
+    "vflip": lambda x: [x.flip(-2)],
+    "shift": _shift_views,
+}
+
+
+def predict_tta(net: torch.nn.Module, loader, views: list[str]) -> np.ndarray:
+    """Mean softmax over every batch that the named views produce."""
+    out = []
+    with torch.no_grad():
+        for x, _ in loader:
+            batches = [b for v in views for b in VIEWS[v](x)]
+            out.append(torch.stack([net(b).float().softmax(1) for b in batches]).mean(0))
+    return torch.cat(out).numpy()
+
+
+def run(
+    tta: Tta,
+    name: str,
+    fold: int,
+    models_dir: Path = Path("models"),
+    preds_dir: Path = Path("preds"),
+) -> None:
+    net, info = model.load(models_dir / name / f"fold{fold}")
+    index = read_index()
+    _, valid_rows = fold_rows(index, read_folds(), fold)
+    tf = build_transforms("valid", 0, None, tuple(info["mean"]), tuple(info["std"]))
+    out = preds_dir / name / f"fold{fold}"
+    for split, rows, ids in (
+        ("train", valid_rows, index.train["id"].iloc[valid_rows]),
+        ("test", np.arange(len(index.test)), index.test["id"]),
+    ):
+        ds = split_dataset(index, split, rows, tf, info["image_size"])
+        loader = torch.utils.data.DataLoader(ds, batch_size=tta.batch_size)
+        probs = predict_tta(net, loader, tta.views)
+        frame = pd.DataFrame(probs, columns=info["classes"])
+        frame.insert(0, "id", ids.to_numpy())
+        write_csv(out / ("oof.csv" if split == "train" else "test.csv"), frame)
+    print(
+        f"predict: {name} fold {fold}, {len(valid_rows)} oof + {len(index.test)} test rows, "
+        f"TTA views {tta.views} -> {out}/"
+    )
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="python -m pipeline predict")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--fold", type=int, required=True)
+    a = ap.parse_args(argv)
+    run(load_params().tta, a.model, a.fold)

@@ -1,0 +1,117 @@
+"""Shared fixtures: tiny generated competitions and a throw-away copy of the project for dvc."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["cat", "dog", "fox"]
+
+
+def class_image(k: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """An RGB image whose dominant channel is its class: learnable in one epoch, yet noisy."""
+    img = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+    img[..., k % 3] += 150
+    return img
+
+
+def write_csv_competition(
+    root: Path, n_train: int = 36, n_test: int = 12, size: int = 12, seed: int = 0
+) -> Path:
+    """Kaggle's common layout: train.csv (id,label), train/<id>.png, test/<id>.png, sample."""
+    rng = np.random.default_rng(seed)
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    labels = [CLASSES[i % len(CLASSES)] for i in range(n_train)]
+    for i, lab in enumerate(labels):
+        Image.fromarray(class_image(CLASSES.index(lab), size, rng)).save(
+            root / "train" / f"tr{i:03d}.png"
+        )
+    for i in range(n_test):
+        Image.fromarray(class_image(i % 3, size, rng)).save(root / "test" / f"te{i:03d}.png")
+    pd.DataFrame({"id": [f"tr{i:03d}" for i in range(n_train)], "label": labels}).to_csv(
+        root / "train.csv", index=False
+    )
+    ids = [f"te{i:03d}" for i in rng.permutation(n_test)]
+    pd.DataFrame({"id": ids, "label": CLASSES[0]}).to_csv(
+        root / "sample_submission.csv", index=False
+    )
+    return root
+
+
+@pytest.fixture
+def tiny_comp(tmp_path: Path) -> Path:
+    return write_csv_competition(tmp_path / "comp")
+
+
+TINY_PARAMS = {
+    "base": {"folds": [0, 1], "image_size": 16},
+    "prepare": {"cache_size": 16},
+    "train": {"epochs": 1, "batch_size": 8},
+    "tta": {"views": ["basic", "hflip"]},
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+class Project:
+    """A copy of the project (code, dvc.yaml, params.yaml) in a temp folder, its own DVC repo."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        shutil.copytree(
+            ROOT / "pipeline", path / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        for name in ("dvc.yaml", "params.yaml"):
+            shutil.copy(ROOT / name, path / name)
+        self.run(["dvc", "init", "--no-scm", "-q"])
+        self.run(["dvc", "config", "core.analytics", "false"])
+
+    @property
+    def env(self) -> dict:
+        bindir = str(Path(sys.executable).parent)  # dvc stages call `python` from PATH
+        return {
+            **os.environ,
+            "PATH": bindir + os.pathsep + os.environ["PATH"],
+            "DVC_NO_ANALYTICS": "1",
+            "PYTHONPATH": str(self.path),
+        }
+
+    def params(self) -> dict:
+        return yaml.safe_load((self.path / "params.yaml").read_text())
+
+    def set_params(self, over: dict) -> None:
+        (self.path / "params.yaml").write_text(yaml.safe_dump(merge(self.params(), over)))
+
+    def run(self, cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
+        if cmd[0] == "dvc":
+            cmd = [str(Path(sys.executable).parent / "dvc"), *cmd[1:]]
+        elif cmd[0] == "pipeline":
+            cmd = [sys.executable, "-m", "pipeline", *cmd[1:]]
+        res = subprocess.run(cmd, cwd=self.path, env=self.env, capture_output=True, text=True)
+        if check and res.returncode != 0:
+            raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+        return res
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_comp: Path) -> Project:
+    """The project pointed at the tiny competition, with tiny params (2 folds, 1 epoch)."""
+    proj = Project(tmp_path / "proj")
+    proj.set_params(merge(TINY_PARAMS, {"competition": {"source": "path", "path": str(tiny_comp)}}))
+    return proj

@@ -1,0 +1,50 @@
+"""End to end: `dvc repro` on a tiny generated competition, in a temporary copy of the project."""
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def ran(result) -> list[str]:
+    return [
+        line.split("'")[1]
+        for line in result.stdout.splitlines()
+        if line.startswith("Running stage")
+    ]
+
+
+def test_dvc_repro_end_to_end(project, tiny_comp):
+    first = project.run(["dvc", "repro"])
+    assert ran(first)[:3] == ["download", "prepare", "folds"]
+    assert {"train@resnet10t-0", "train@resnet10t-1", "submit", "upload"} <= set(ran(first))
+
+    sub = pd.read_csv(project.path / "submissions/submission.csv", dtype=str)
+    sample = pd.read_csv(tiny_comp / "sample_submission.csv", dtype=str)
+    assert list(sub.columns) == list(sample.columns)
+    assert sub["id"].tolist() == sample["id"].tolist()
+    assert set(sub["label"]) <= {"cat", "dog", "fox"}
+    assert (project.path / "models/resnet10t/fold1/model.safetensors").exists()
+    assert "accuracy" in project.run(["dvc", "metrics", "show"]).stdout
+
+    # nothing changed: nothing runs
+    assert ran(project.run(["dvc", "repro"])) == []
+    # one train param: train and what follows, nothing upstream
+    project.set_params({"train": {"lr": 0.002}})
+    again = ran(project.run(["dvc", "repro"]))
+    assert "train@resnet10t-0" in again and "submit" in again
+    assert not {"download", "prepare", "folds"} & set(again)
+    # only TTA: predict and what follows, never training
+    project.set_params({"tta": {"views": ["basic"]}})
+    tta = ran(project.run(["dvc", "repro"]))
+    assert "predict@resnet10t-1" in tta and not any(s.startswith("train@") for s in tta)
+    assert ran(project.run(["dvc", "repro", "submit"])) == []
+
+
+def test_unknown_param_stops_the_stage_with_its_name(project):
+    project.set_params({"train": {"epochz": 3}})
+    res = project.run(["pipeline", "download"], check=False)
+    assert res.returncode == 1
+    assert "unknown key 'train.epochz'" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (project.path / "data/raw").exists()

@@ -1,0 +1,65 @@
+"""params.yaml is strict: an unknown or mistyped key stops everything and is named."""
+
+import copy
+
+import pytest
+import yaml
+
+from pipeline.files import PipelineError
+from pipeline.params import load_params, parse_params
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_project_params_load(raw):
+    p = parse_params(raw)
+    assert p.base.folds == list(range(len(p.base.folds)))
+    assert p.competition.source == "demo"  # the embedded, offline default
+
+
+def test_unknown_key_is_named(raw):
+    bad = copy.deepcopy(raw)
+    bad["train"]["lrr"] = 0.1
+    with pytest.raises(PipelineError, match=r"unknown key 'train\.lrr'"):
+        parse_params(bad)
+
+
+def test_unknown_section_is_named(raw):
+    bad = copy.deepcopy(raw)
+    bad["trian"] = {"epochs": 3}
+    with pytest.raises(PipelineError, match=r"unknown key 'trian'"):
+        parse_params(bad)
+
+
+def test_mistyped_value_is_named(raw):
+    bad = copy.deepcopy(raw)
+    bad["train"]["epochs"] = "ten"
+    with pytest.raises(PipelineError, match=r"'train\.epochs'.*'ten'"):
+        parse_params(bad)
+
+
+def test_missing_key_is_named(raw):
+    bad = copy.deepcopy(raw)
+    del bad["tta"]["views"]
+    with pytest.raises(PipelineError, match=r"missing key 'tta\.views'"):
+        parse_params(bad)
+
+
+def test_folds_must_be_a_range(raw):
+    bad = copy.deepcopy(raw)
+    bad["base"]["folds"] = [0, 2]
+    with pytest.raises(PipelineError, match=r"base\.folds"):
+        parse_params(bad)
+
+
+def test_load_names_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("base: [unclosed\n")
+    with pytest.raises(PipelineError, match="params.yaml: not valid YAML"):
+        load_params(path)
+    with pytest.raises(PipelineError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
