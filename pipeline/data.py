@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from albumentations.pytorch import ToTensorV2
 from PIL import Image
+from sklearn.utils.class_weight import compute_class_weight
 
 from pipeline.files import PipelineError, read_json
 from pipeline.params import Augment
@@ -99,34 +100,80 @@ class ImageDataset(torch.utils.data.Dataset):
         labels: np.ndarray | None = None,
         cache: np.ndarray | None = None,
         paths: list[str] | None = None,
+        rows: np.ndarray | None = None,  # with cache: its rows to use (memory-mapped, not copied)
     ) -> None:
         if (cache is None) == (paths is None):
             raise ValueError("give exactly one of cache= or paths=")
         self.cache, self.paths, self.labels = cache, paths, labels
+        if cache is not None:
+            self.rows = np.arange(len(cache)) if rows is None else np.asarray(rows)
         self.transform, self.size = transform, size
 
     def __len__(self) -> int:
-        return len(self.cache) if self.cache is not None else len(self.paths)
+        return len(self.rows) if self.cache is not None else len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = self.cache[i] if self.cache is not None else load_image(self.paths[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, np.ndarray | int]:
+        img = self.cache[self.rows[i]] if self.cache is not None else load_image(self.paths[i])
         x = self.transform(image=resize(np.asarray(img), self.size))["image"]
-        return x, (int(self.labels[i]) if self.labels is not None else -1)
+        return x, (self.labels[i] if self.labels is not None else -1)
+
+
+def encode_labels(labels: pd.Series, classes: list[str], task: str) -> np.ndarray:
+    """Class ids (N,) for single-label; multi-hot float32 (N, C) for space-separated tags."""
+    lookup = {c: k for k, c in enumerate(classes)}
+    if task == "multi_label":
+        out = np.zeros((len(labels), len(classes)), dtype=np.float32)
+        for i, tags in enumerate(labels):
+            out[i, [lookup[t] for t in str(tags).split()]] = 1.0
+        return out
+    return labels.map(lookup).to_numpy(dtype=np.int64, copy=True)  # writable for torch
+
+
+def class_weights(targets: np.ndarray, n_classes: int, kind: str, beta: float) -> np.ndarray | None:
+    """Loss weights per class from the training rows' targets (ids or multi-hot).
+
+    balanced: n / (C * count) — scikit-learn's compute_class_weight; effective: the effective
+    number of samples (1 - beta) / (1 - beta**count) (Cui et al. 2019), scaled to mean 1.
+    For multi-label targets the weights are BCE's pos_weight (negatives / positives per class).
+    """
+    if kind == "none":
+        return None
+    if targets.ndim == 2:
+        pos = targets.sum(0).clip(min=1)
+        return ((len(targets) - pos) / pos).astype(np.float32)
+    counts = np.bincount(targets, minlength=n_classes)
+    if (counts == 0).any():
+        raise PipelineError(
+            f"class weights: classes {np.flatnonzero(counts == 0).tolist()} have no rows"
+        )
+    if kind == "balanced":
+        return compute_class_weight("balanced", classes=np.arange(n_classes), y=targets)
+    w = (1 - beta) / (1 - beta**counts)
+    return w * n_classes / w.sum()
+
+
+def balanced_sampler(targets: np.ndarray, seed: int) -> torch.utils.data.WeightedRandomSampler:
+    """Draws rows so that every class is equally likely (single-label)."""
+    counts = np.bincount(targets)
+    weights = torch.as_tensor(1.0 / counts[targets], dtype=torch.double)
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.WeightedRandomSampler(weights, len(targets), generator=g)
 
 
 def split_dataset(
     index: Index, split: str, rows: np.ndarray, transform: A.Compose, size: int
 ) -> ImageDataset:
-    """Dataset over `rows` (positions in index.<split>) with labels as class ids for train."""
+    """Dataset over `rows` (positions in index.<split>); train rows carry encoded labels."""
     frame = index.train if split == "train" else index.test
     frame = frame.iloc[rows]
     labels = None
     if split == "train":
-        lookup = {c: k for k, c in enumerate(index.classes)}
-        labels = frame["label"].map(lookup).to_numpy()
+        labels = encode_labels(
+            frame["label"], index.classes, index.meta.get("task", "single_label")
+        )
     cache = index.images(split)
     if cache is not None:
-        return ImageDataset(transform, size, labels, cache=cache[rows])
+        return ImageDataset(transform, size, labels, cache=cache, rows=rows)
     return ImageDataset(transform, size, labels, paths=frame["path"].tolist())
 
 

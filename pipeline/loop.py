@@ -1,14 +1,17 @@
 """The one training loop, written against accelerate (CPU, one GPU, several GPUs or nodes).
 
-`fit` runs a list of phases (e.g. head only, then everything unfrozen). Each phase has its own
-optimizer parameter groups, each group its own peak LR under a 1cycle schedule, with cyclical
-momentum on Adam's beta1. After every epoch a checkpoint (model, optimizer, RNG, history) is
-written outside the stage's DVC outputs, so a killed stage rerun with the same params resumes at
-the next epoch. The best epoch by the competition metric is what the stage saves.
+`fit` runs a list of phases (head only, then everything unfrozen). Each phase names the module it
+runs (the whole model, or only the classifier on precomputed features), its loaders, and its
+optimizer parameter groups, each with its own peak LR under a 1cycle (cyclical momentum on Adam's
+beta1) or SGDR schedule. A phase whose LR is `auto` starts with an LR range test. After every
+epoch a checkpoint (model, optimizer, RNG, history) is written outside the stage's DVC outputs, so
+a killed stage rerun with the same params resumes at the next epoch.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,23 +24,34 @@ from torch import nn
 
 from pipeline import schedules
 from pipeline.files import PipelineError, atomic_path
+from pipeline.params import LrFind
+
+Loader = torch.utils.data.DataLoader
 
 
 @dataclass
 class Phase:
     name: str
     epochs: int
-    groups: list[list[nn.Parameter]]  # optimizer param groups, the only trainable ones
-    max_lrs: list[float]  # peak LR per group
+    module: nn.Module  # what the batches go through: the model, or its classifier alone
+    groups: list[dict]  # optimizer groups: {"name", "params", "lr" (peak), "weight_decay"}
+    train_loader: Callable[[int, int], Loader]  # (epoch, total epochs) -> loader
+    valid_loader: Loader
+    schedule: str = "one_cycle"  # one_cycle | sgdr
+    find_lr: bool = False  # run the LR range test first and scale every group's peak LR to it
+    frozen_bn: list[nn.Module] = field(default_factory=list)  # kept in eval mode: stats fixed
 
 
 @dataclass(frozen=True)
 class LoopConfig:
+    task: str  # single_label (softmax + cross-entropy) | multi_label (sigmoid + BCE)
     pct_start: float
     div: float
     final_div: float
-    weight_decay: float
+    cycle_len: int
+    cycle_mult: int
     label_smoothing: float
+    lr_find: LrFind
     key: str  # hash of everything that shapes training: a checkpoint resumes only on a match
     class_weights: list[float] | None = None
 
@@ -45,8 +59,9 @@ class LoopConfig:
 @dataclass
 class History:
     rows: list[dict] = field(default_factory=list)  # one per finished epoch
-    best_score: float = -float("inf")
+    best_score: float = -math.inf
     best_epoch: int = -1
+    lrs: dict[str, list[float]] = field(default_factory=dict)  # phase -> peak LR per group
 
 
 def _rng_state() -> dict:
@@ -63,85 +78,173 @@ def _set_rng_state(s: dict) -> None:
     random.setstate((3, tuple(int(v) for v in s["python"].tolist()), None))
 
 
-def set_trainable(model: nn.Module, groups: list[list[nn.Parameter]]) -> None:
-    trainable = {id(p) for g in groups for p in g}
+def loss_function(cfg: LoopConfig, device: torch.device) -> nn.Module:
+    weights = torch.tensor(cfg.class_weights, dtype=torch.float32) if cfg.class_weights else None
+    if cfg.task == "multi_label":
+        return nn.BCEWithLogitsLoss(pos_weight=weights).to(device)
+    return nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing).to(device)
+
+
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    return logits.sigmoid() if task == "multi_label" else logits.softmax(1)
+
+
+def set_trainable(model: nn.Module, groups: list[dict]) -> None:
+    trainable = {id(p) for g in groups for p in g["params"]}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)
 
 
-def evaluate(model: nn.Module, loader, acc: Accelerator) -> tuple[float, np.ndarray, np.ndarray]:
-    """Mean cross-entropy, class probabilities and targets over a loader (all ranks gathered)."""
-    model.eval()
+def _train_mode(phase: Phase, net: nn.Module) -> None:
+    net.train()
+    for m in phase.frozen_bn:
+        m.eval()  # frozen BatchNorm: running statistics stay exactly as loaded
+
+
+def evaluate(net: nn.Module, loader: Loader, acc: Accelerator, loss_fn: nn.Module, task: str):
+    """Mean loss, probabilities and targets over a loader (all ranks gathered)."""
+    net.eval()
     logits, targets = [], []
     with torch.no_grad():
         for x, y in loader:
-            out = acc.gather_for_metrics((model(x), y))
-            logits.append(out[0].float().cpu())
-            targets.append(out[1].cpu())
+            out = acc.gather_for_metrics((net(x), y))
+            logits.append(out[0].float())
+            targets.append(out[1])
     lg, tg = torch.cat(logits), torch.cat(targets)
-    loss = nn.functional.cross_entropy(lg, tg).item()
-    return loss, lg.softmax(1).numpy(), tg.numpy()
+    loss = loss_fn(lg, tg).item()
+    return loss, probabilities(lg, task).cpu().numpy(), tg.cpu().numpy()
+
+
+def lr_range_test(
+    phase: Phase, net: nn.Module, opt, loss_fn: nn.Module, acc: Accelerator, lf: LrFind
+) -> tuple[list[float], list[float]]:
+    """Exponential LR sweep over training batches; returns (lrs, smoothed losses).
+
+    Every group moves with the same factor (differential ratios kept). Stops once the smoothed
+    loss exceeds 4x its best. Model, optimizer and RNG state are restored exactly afterwards.
+    """
+    saved = (copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict()), _rng_state())
+    top = max(g["lr"] for g in opt.param_groups)
+    ratios = [g["lr"] / top for g in opt.param_groups]
+    _train_mode(phase, net)
+    lrs, raw, smoothed = [], [], []
+    batches = iter(())
+    for step in range(lf.steps):
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iter(acc.prepare(phase.train_loader(0, max(1, phase.epochs))))
+            x, y = next(batches)
+        lr = schedules.lr_sweep(step, lf.steps, lf.start, lf.end)
+        for g, r in zip(opt.param_groups, ratios, strict=True):
+            g["lr"] = lr * r
+        with acc.autocast():
+            loss = loss_fn(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        opt.step()
+        value = acc.reduce(loss.detach(), reduction="mean").item()
+        if not math.isfinite(value):
+            break
+        lrs.append(lr)
+        raw.append(value)
+        smoothed = schedules.smooth(raw)
+        if smoothed[-1] > 4 * min(smoothed):
+            break
+    net.load_state_dict(saved[0])
+    opt.load_state_dict(saved[1])
+    _set_rng_state(saved[2])
+    if len(lrs) < 3:
+        raise PipelineError(
+            f"LR range test of phase '{phase.name}' diverged after {len(lrs)} steps; "
+            f"lower lr_find.start ({lf.start})"
+        )
+    return lrs, smoothed
+
+
+def _set_lrs(opt, phase: Phase, peaks: list[float], step: int, steps: int, spe: int, cfg) -> None:
+    """Schedule: every group follows its own peak; 1cycle moves beta1 opposite to the LR."""
+    if phase.schedule == "sgdr":
+        beta1 = 0.9
+        lrs = [
+            schedules.sgdr_lr(step, spe, p, p / cfg.final_div, cfg.cycle_len, cfg.cycle_mult)
+            for p in peaks
+        ]
+    else:
+        beta1 = schedules.one_cycle_momentum(step, steps, cfg.pct_start)
+        lrs = [
+            schedules.one_cycle_lr(step, steps, p, cfg.pct_start, cfg.div, cfg.final_div)
+            for p in peaks
+        ]
+    for g, lr in zip(opt.param_groups, lrs, strict=True):
+        g["lr"] = lr
+        g["betas"] = (beta1, g["betas"][1])
 
 
 def fit(
-    model: nn.Module,
+    model: nn.Module,  # the whole model: what checkpoints and `on_best` see
     phases: list[Phase],
-    train_loader: Callable[[int, int], torch.utils.data.DataLoader],  # (epoch, total) -> loader
-    valid_loader: torch.utils.data.DataLoader,
     cfg: LoopConfig,
     metric: Callable[[np.ndarray, np.ndarray], float],  # (probs, targets) -> higher is better
     acc: Accelerator,
     ckpt: Path,
-    log: Callable[[dict], None],  # receives each epoch's row, also the ones replayed on resume
-    on_best: Callable[[nn.Module, dict], None],  # called with the model when an epoch is best
+    log: Callable[[dict], None],  # each epoch's row, also the ones replayed on resume
+    on_best: Callable[[nn.Module, dict], None],
+    on_lr_find: Callable[[str, list[float], list[float], float], None] = lambda *a: None,
+    on_snapshot: Callable[[nn.Module, int], None] = lambda *a: None,
 ) -> History:
-    hist, start = History(), 0
-    state = _load_checkpoint(ckpt, cfg.key)
+    hist, start, state = History(), 0, _load_checkpoint(ckpt, cfg.key)
     if state is not None:
-        hist = History(state["rows"], state["best_score"], state["best_epoch"])
+        hist = History(state["rows"], state["best_score"], state["best_epoch"], state["lrs"])
         start = len(hist.rows)
         acc.print(f"resuming from {ckpt} at epoch {start + 1} (epochs 1-{start} done)")
         model.load_state_dict(state["model"])
         _set_rng_state(state["rng"])
         for row in hist.rows:
             log(row)
-    weights = torch.tensor(cfg.class_weights) if cfg.class_weights else None
-    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    loss_fn = loss_fn.to(acc.device)
-    total_epochs, epoch0 = sum(p.epochs for p in phases), 0
+    loss_fn = loss_function(cfg, acc.device)
+    total, end = sum(p.epochs for p in phases), 0
     for phase in phases:
-        first, epoch0 = epoch0, epoch0 + phase.epochs
-        if start >= epoch0:
-            continue  # phase finished before the stage was killed
+        first, end = end, end + phase.epochs
+        if start >= end:
+            continue  # finished before the stage was killed
         set_trainable(model, phase.groups)
-        pairs = zip(phase.groups, phase.max_lrs, strict=True)
-        groups = [{"params": g, "lr": lr} for g, lr in pairs]
-        opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-        net, opt = acc.prepare(model, opt)
+        opt = torch.optim.AdamW(
+            [
+                {"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"]}
+                for g in phase.groups
+            ]
+        )
+        net, opt = acc.prepare(phase.module, opt)
         if state is not None and state["phase"] == phase.name:
             opt.load_state_dict(state["optimizer"])
-        steps = phase.epochs * len(acc.prepare(train_loader(first, total_epochs)))
-        for epoch in range(max(first, start), epoch0):
-            loader = acc.prepare(train_loader(epoch, total_epochs))
-            net.train()
+        if phase.name not in hist.lrs:
+            peaks = [g["lr"] for g in phase.groups]
+            if phase.find_lr:
+                lrs, losses = lr_range_test(phase, net, opt, loss_fn, acc, cfg.lr_find)
+                chosen = schedules.suggest_lr(lrs, losses, cfg.lr_find.suggestion)
+                peaks = [p * chosen / max(peaks) for p in peaks]
+                acc.print(f"LR range test ({phase.name}): {cfg.lr_find.suggestion} {chosen:.3g}")
+                on_lr_find(phase.name, lrs, losses, chosen)
+            hist.lrs[phase.name] = peaks
+        peaks = hist.lrs[phase.name]
+        spe = len(acc.prepare(phase.train_loader(first, total)))  # steps per epoch
+        cycle_ends = schedules.sgdr_cycle_ends(phase.epochs, cfg.cycle_len, cfg.cycle_mult)
+        for epoch in range(max(first, start), end):
+            loader = acc.prepare(phase.train_loader(epoch, total))
+            _train_mode(phase, net)
             seen, loss_sum = 0, 0.0
             for i, (x, y) in enumerate(loader):
-                step = (epoch - first) * len(loader) + i
-                # --- schedule: every group follows 1cycle to its own peak; beta1 opposite
-                beta1 = schedules.one_cycle_momentum(step, steps, cfg.pct_start)
-                for g, max_lr in zip(opt.param_groups, phase.max_lrs, strict=True):
-                    g["lr"] = schedules.one_cycle_lr(
-                        step, steps, max_lr, cfg.pct_start, cfg.div, cfg.final_div
-                    )
-                    g["betas"] = (beta1, g["betas"][1])
+                step = (epoch - first) * spe + i
+                _set_lrs(opt, phase, peaks, step, phase.epochs * spe, spe, cfg)
                 # --- forward, loss
                 with acc.autocast():
                     loss = loss_fn(net(x), y)
                 if not torch.isfinite(loss):
                     raise PipelineError(
                         f"loss is {loss.item()} in phase '{phase.name}', epoch {epoch + 1}, "
-                        f"step {i + 1}, lr {opt.param_groups[-1]['lr']:.3g}: lower train.lr "
-                        "(the LR range test suggests one)"
+                        f"step {i + 1}, lr {opt.param_groups[-1]['lr']:.3g}: lower the learning "
+                        "rate, or set it to `auto` to run the LR range test"
                     )
                 # --- backward, step
                 opt.zero_grad(set_to_none=True)
@@ -150,7 +253,7 @@ def fit(
                 seen += len(y)
                 loss_sum += loss.item() * len(y)
             # --- eval
-            v_loss, probs, targets = evaluate(net, valid_loader, acc)
+            v_loss, probs, targets = evaluate(net, phase.valid_loader, acc, loss_fn, cfg.task)
             score = metric(probs, targets)
             row = {
                 "epoch": epoch + 1,
@@ -158,16 +261,19 @@ def fit(
                 "train_loss": loss_sum / seen,
                 "valid_loss": v_loss,
                 "valid_metric": score,
+                "lr": peaks[-1],
             }
             hist.rows.append(row)
-            log(row)
             if score > hist.best_score:
                 hist.best_score, hist.best_epoch = score, epoch + 1
-                on_best(acc.unwrap_model(net), row)
-            # --- checkpoint: everything needed to continue at the next epoch
+                on_best(model, row)
+            if phase.schedule == "sgdr" and epoch + 1 - first in cycle_ends:
+                on_snapshot(model, cycle_ends.index(epoch + 1 - first))
+            # --- checkpoint: everything needed to continue at the next epoch, then log
             if acc.is_main_process:
-                _save_checkpoint(ckpt, cfg.key, phase.name, acc.unwrap_model(net), opt, hist)
+                _save_checkpoint(ckpt, cfg.key, phase.name, model, opt, hist)
             acc.wait_for_everyone()
+            log(row)
     return hist
 
 
@@ -181,6 +287,7 @@ def _save_checkpoint(path: Path, key: str, phase: str, model, opt, hist: History
         "rows": hist.rows,
         "best_score": hist.best_score,
         "best_epoch": hist.best_epoch,
+        "lrs": hist.lrs,
         "rng": _rng_state(),
     }
     with atomic_path(path) as tmp:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from safetensors.torch import load_file, save_file
+from timm.models import group_parameters
+from torch import nn
 
 from pipeline.files import PipelineError, atomic_path, read_json, write_json
 
@@ -38,10 +41,64 @@ def create(name: str, num_classes: int, pretrained: bool | str, drop_rate: float
         raise
 
 
-def data_config(model: torch.nn.Module) -> dict:
-    """timm's normalisation for this model (mean/std) as plain tuples."""
+def data_config(
+    model: torch.nn.Module, mean: list[float] | None = None, std: list[float] | None = None
+) -> dict:
+    """Input normalisation: the params' override, else timm's data config for this model."""
     cfg = timm.data.resolve_model_data_config(model)
-    return {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
+    return {"mean": tuple(mean or cfg["mean"]), "std": tuple(std or cfg["std"])}
+
+
+def _fine_groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names in input-to-output order, grouped by timm's group_matcher when the model
+    has one, otherwise by top-level child module."""
+    if hasattr(model, "group_matcher"):
+        grouped = group_parameters(model, model.group_matcher(coarse=False))
+        return [grouped[k] for k in sorted(grouped)]
+    groups: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        groups.setdefault(name.split(".")[0], []).append(name)
+    return list(groups.values())
+
+
+def layer_groups(model: nn.Module, n_groups: int) -> list[tuple[str, list[nn.Parameter]]]:
+    """`n_groups` contiguous groups of parameters, input side first; the last is the classifier.
+
+    timm's fine groups (stem, stages/blocks, …) are merged into n_groups - 1 body groups of about
+    equal numbers of fine groups; the head is exactly `model.get_classifier()`.
+    """
+    params = dict(model.named_parameters())
+    head_ids = {id(p) for p in model.get_classifier().parameters()}
+    fine = [[n for n in g if id(params[n]) not in head_ids] for g in _fine_groups(model)]
+    seen = {n for g in fine for n in g}
+    leftover = [n for n, p in params.items() if n not in seen and id(p) not in head_ids]
+    fine = [g for g in fine if g] + ([leftover] if leftover else [])
+    chunks = np.array_split(np.arange(len(fine)), min(n_groups - 1, len(fine)))
+    groups = [
+        (f"body{i}", [params[n] for k in chunk for n in fine[k]]) for i, chunk in enumerate(chunks)
+    ]
+    return groups + [("head", [p for p in model.get_classifier().parameters()])]
+
+
+def batchnorm_modules(model: nn.Module, outside: list[nn.Parameter]) -> list[nn.Module]:
+    """BatchNorm layers whose parameters are not in `outside` (i.e. those of frozen groups)."""
+    keep = {id(p) for p in outside}
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and not any(id(p) in keep for p in m.parameters(recurse=False))
+    ]
+
+
+def summary(groups: list[tuple[str, list[nn.Parameter]]], trainable: dict[str, set[str]]) -> str:
+    """One line per group: parameters, and in which phases it trains."""
+    lines = []
+    for name, ps in groups:
+        phases = [ph for ph, names in trainable.items() if name in names]
+        n = sum(p.numel() for p in ps)
+        lines.append(f"  {name:<6} {n:>11,} params  trains in: {', '.join(phases) or '-'}")
+    return "\n".join(lines)
 
 
 def save(model: torch.nn.Module, folder: Path, info: dict) -> None:

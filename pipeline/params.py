@@ -38,7 +38,16 @@ class Competition(Section):
     name: str
     path: str | None  # source: path — a folder or a .zip
     files: list[str]  # source: kaggle — only these files (empty: the whole competition)
-    metric: Literal["accuracy"]
+    # drives checkpoint selection, threshold tuning and the CV score (see pipeline/metrics.py)
+    metric: Literal["accuracy", "log_loss", "roc_auc", "f2_samples", "f1_micro", "qwk"]
+    # the keys below are detected from data/raw when "auto" / None; set one to override
+    layout: Literal["auto", "csv", "class_folders", "filename_labels", "pixels_csv"]
+    task: Literal["auto", "single_label", "multi_label"]
+    submission: Literal["auto", "label", "probs", "binary", "tags"]
+    id_column: str | None  # in the label CSV
+    label_column: str | None  # in the label CSV (multi-label: space-separated tags)
+    group_column: str | None  # in the label CSV; rows sharing a group share a fold
+    positive_class: str | None  # binary submissions write P(this class)
 
 
 class Prepare(Section):
@@ -48,17 +57,48 @@ class Prepare(Section):
 class Model(Section):
     pretrained: bool | str  # true: timm download, false: random init, str: local weights file
     drop_rate: float
+    n_groups: int  # layer groups for differential LRs, the head included (>= 2)
+    mean: list[float] | None  # input normalisation; None: the model's own (timm data config)
+    std: list[float] | None
+
+    @field_validator("n_groups")
+    @classmethod
+    def _two_groups_or_more(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError("must be >= 2 (body and head)")
+        return v
+
+
+class Head(Section):
+    epochs: int  # epochs with everything but the head frozen (0: skip the phase)
+    lr: float | Literal["auto"]  # peak LR of the head phase; auto: LR range test
+    train_bn: bool  # BatchNorm of frozen groups keeps training (fastai's default)
+    precompute: bool  # train the head on backbone features computed once (frozen BN, no aug)
+
+
+class LrFind(Section):
+    start: float  # first LR of the exponential sweep
+    end: float  # last LR
+    steps: int  # batches in the sweep (stops early once the loss diverges)
+    suggestion: Literal["valley", "minimum", "steepest"]  # minimum: LR at lowest loss / 10
 
 
 class Train(Section):
     backbones: list[str]  # timm model names; dvc.yaml fans out over backbones x folds
-    epochs: int
+    epochs: int  # epochs of the unfrozen phase
     batch_size: int
-    lr: float  # peak of the 1cycle schedule
-    pct_start: float  # fraction of steps spent warming up
-    div: float  # start lr = lr / div
-    final_div: float  # end lr = lr / final_div
-    weight_decay: float
+    lr: float | Literal["auto"]  # peak LR of the head group; auto: LR range test
+    lr_mult: float  # first layer group's LR = lr / lr_mult, geometric in between
+    schedule: Literal["one_cycle", "sgdr"]
+    pct_start: float  # one_cycle: fraction of steps spent warming up
+    div: float  # one_cycle: start lr = lr / div
+    final_div: float  # one_cycle: end lr = lr / final_div (also sgdr's floor)
+    cycle_len: int  # sgdr: epochs in the first cycle
+    cycle_mult: int  # sgdr: each cycle is this many times longer than the last
+    weight_decay: float  # AdamW, decoupled; never on norms and biases
+    class_weights: Literal["none", "balanced", "effective"]
+    effective_beta: float  # class_weights: effective — (1 - beta) / (1 - beta ** n_class)
+    sampler: Literal["shuffle", "balanced"]  # balanced: draw every class equally often
     label_smoothing: float
     num_workers: int
     mixed_precision: Literal["no", "bf16", "fp16"]  # autocast on GPU only
@@ -99,6 +139,8 @@ class Params(Section):
     competition: Competition
     prepare: Prepare
     model: Model
+    head: Head
+    lr_find: LrFind
     train: Train
     augment: Augment
     tta: Tta

@@ -46,13 +46,17 @@ VIEWS: dict[str, Callable[[torch.Tensor], list[torch.Tensor]]] = {
 }
 
 
-def predict_tta(net: torch.nn.Module, loader, views: list[str]) -> np.ndarray:
-    """Mean softmax over every batch that the named views produce."""
+def predict_tta(
+    net: torch.nn.Module, loader, views: list[str], task: str = "single_label"
+) -> np.ndarray:
+    """Mean probabilities (softmax, or sigmoid for multi-label) over every view's batches."""
     out = []
     with torch.no_grad():
         for x, _ in loader:
             batches = [b for v in views for b in VIEWS[v](x)]
-            out.append(torch.stack([net(b).float().softmax(1) for b in batches]).mean(0))
+            logits = [net(b).float() for b in batches]
+            probs = [lg.sigmoid() if task == "multi_label" else lg.softmax(1) for lg in logits]
+            out.append(torch.stack(probs).mean(0))
     return torch.cat(out).numpy()
 
 
@@ -74,7 +78,7 @@ def run(
     ):
         ds = split_dataset(index, split, rows, tf, info["image_size"])
         loader = torch.utils.data.DataLoader(ds, batch_size=tta.batch_size)
-        probs = predict_tta(net, loader, tta.views)
+        probs = predict_tta(net, loader, tta.views, info.get("task", "single_label"))
         frame = pd.DataFrame(probs, columns=info["classes"])
         frame.insert(0, "id", ids.to_numpy())
         write_csv(out / ("oof.csv" if split == "train" else "test.csv"), frame)
