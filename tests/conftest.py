@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -115,3 +116,48 @@ def project(tmp_path: Path, tiny_comp: Path) -> Project:
     proj = Project(tmp_path / "proj")
     proj.set_params(merge(TINY_PARAMS, {"competition": {"source": "path", "path": str(tiny_comp)}}))
     return proj
+
+
+def write_prepared(
+    root: Path, n_train: int = 48, n_test: int = 8, size: int = 16, seed: int = 0
+) -> None:
+    """data/prepared/ and folds/folds.csv as `prepare` and `folds` write them (2 folds)."""
+    rng = np.random.default_rng(seed)
+    prepared = root / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    labels = [CLASSES[i % 3] for i in range(n_train)]
+    train_imgs = np.stack([class_image(CLASSES.index(c), size, rng) for c in labels])
+    test_imgs = np.stack([class_image(i % 3, size, rng) for i in range(n_test)])
+    np.save(prepared / "train_images.npy", train_imgs)
+    np.save(prepared / "test_images.npy", test_imgs)
+    ids = [f"tr{i:03d}" for i in range(n_train)]
+    pd.DataFrame(
+        {"id": ids, "path": [f"data/raw/train/{i}.png" for i in ids], "label": labels}
+    ).to_csv(prepared / "train.csv", index=False)
+    test_ids = [f"te{i:03d}" for i in range(n_test)]
+    pd.DataFrame({"id": test_ids, "path": [f"data/raw/test/{i}.png" for i in test_ids]}).to_csv(
+        prepared / "test.csv", index=False
+    )
+    pd.DataFrame({"id": test_ids, "label": CLASSES[0]}).to_csv(
+        prepared / "sample_submission.csv", index=False
+    )
+    meta = {"task": "single_label", "classes": CLASSES, "submission_kind": "label"}
+    (prepared / "meta.json").write_text(json.dumps(meta))
+    (root / "folds").mkdir()
+    pd.DataFrame(
+        {"id": ids, "label": labels, "fold": [(i // 3) % 2 for i in range(n_train)]}
+    ).to_csv(root / "folds" / "folds.csv", index=False)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder holding a prepared tiny competition and its folds; the cwd of the test."""
+    write_prepared(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def tiny_params(over: dict | None = None) -> dict:
+    """The project's params.yaml with tiny-run overrides, as a plain dict."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return merge(merge(raw, TINY_PARAMS), over or {})

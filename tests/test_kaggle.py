@@ -165,6 +165,7 @@ def test_finished_download_is_not_repeated_unless_forced(fake, api_key, tmp_path
 
 def test_download_of_chosen_files_and_7z_archives(fake, api_key, tmp_path):
     import py7zr  # a project dependency: this check never skips
+
     seven = io.BytesIO()
     with py7zr.SevenZipFile(seven, "w") as zf:  # planet's layout: a tar inside a 7z
         zf.writestr(make_tar({"train-jpg/x.jpg": b"jpg-x"}), "train-jpg.tar")

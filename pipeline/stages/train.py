@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from dvclive import Live
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dvclive import Live
 from pipeline import metrics, model, schedules
 from pipeline.data import (
     FOLDS,
