@@ -49,6 +49,11 @@ def data_config(
     return {"mean": tuple(mean or cfg["mean"]), "std": tuple(std or cfg["std"])}
 
 
+def input_size(model: torch.nn.Module, size: int | None) -> int:
+    """Square input side in px: the params' override, else the model's default (timm)."""
+    return size or int(timm.data.resolve_model_data_config(model)["input_size"][-1])
+
+
 def _fine_groups(model: nn.Module) -> list[list[str]]:
     """Parameter names in input-to-output order, grouped by timm's group_matcher when the model
     has one, otherwise by top-level child module."""

@@ -23,7 +23,7 @@ class Section(BaseModel):
 class Base(Section):
     seed: int
     folds: list[int]  # fold ids; dvc.yaml fans train/predict out over this list
-    image_size: int  # px, square network input
+    image_size: int | None  # px, square network input; None: the backbone's default input size
 
     @field_validator("folds")
     @classmethod

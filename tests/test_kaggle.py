@@ -453,3 +453,49 @@ def test_upload_rules_not_accepted(fake, api_key, tmp_path):
         run_upload(paths)
     assert fake.uploads == {}
     assert not paths["receipt_path"].exists()
+
+
+# ---- the download stage as a command ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("rules", "competitions/{comp}/rules"),
+        ("unknown", "competition.name"),
+        ("no_credentials", "KAGGLE_API_TOKEN"),
+    ],
+)
+def test_download_stage_exits_non_zero_with_the_message(
+    fake, tmp_path, monkeypatch, output, case, expected
+):
+    import subprocess
+
+    import yaml
+
+    from tests.conftest import tiny_params
+
+    if case != "no_credentials":
+        monkeypatch.setenv("KAGGLE_USERNAME", CREDS.username)
+        monkeypatch.setenv("KAGGLE_KEY", CREDS.key)
+    if case != "unknown":
+        fake.add_competition(COMP, bundle=bundle_with_nested_zips(), rules_accepted=case != "rules")
+    work = tmp_path / "work"
+    work.mkdir()
+    params = tiny_params({"competition": {"source": "kaggle", "name": COMP}})
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline", "download"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 1
+    assert res.stderr.startswith("error: ")
+    assert expected.format(comp=COMP) in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (work / "data" / "raw").exists()
+    assert_no_secrets(res.stdout + res.stderr, work)

@@ -304,3 +304,13 @@ def test_diverging_loss_names_phase_epoch_step_and_lr(workdir):
         PipelineError, match=r"in phase 'full', epoch \d+, step \d+, lr .*LR range test"
     ):
         train.run(p, "resnet10t", 0)
+
+
+def test_input_size_and_normalisation_follow_timm_unless_overridden():
+    net = timm.create_model("convnext_atto", pretrained=False, num_classes=3)
+    cfg = timm.data.resolve_model_data_config(net)
+    assert model.input_size(net, None) == cfg["input_size"][-1]
+    assert model.input_size(net, 48) == 48
+    assert model.data_config(net) == {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
+    mine = model.data_config(net, [0.5, 0.5, 0.5], [0.2, 0.2, 0.2])
+    assert mine == {"mean": (0.5, 0.5, 0.5), "std": (0.2, 0.2, 0.2)}

@@ -113,7 +113,7 @@ def run(
     if gpu:
         net = net.to(memory_format=torch.channels_last)
     norm = model.data_config(net, p.model.mean, p.model.std)
-    size = p.base.image_size
+    size = model.input_size(net, p.base.image_size)
     targets = encode_labels(index.train["label"].iloc[train_rows], classes, task)
     weights = class_weights(targets, len(classes), tc.class_weights, tc.effective_beta)
     if weights is not None:
