@@ -50,3 +50,12 @@ def test_shift_view_moves_without_wrapping():
     shifted = VIEWS["shift"](x)
     assert len(shifted) == 4
     assert shifted[0][0, 0, 0].tolist() == [0.0, 0.0, 1.0, 2.0]  # right by one, edge repeated
+
+
+def test_multi_label_probabilities_are_per_class_sigmoids():
+    torch.manual_seed(1)
+    x, net = torch.rand(6, 3, 8, 8), FlipInvariant()
+    probs = predict_tta(net, loader(x), ["basic"], "multi_label")
+    torch.testing.assert_close(torch.from_numpy(probs), net(x).detach().sigmoid())
+    single = predict_tta(net, loader(x), ["basic"])
+    torch.testing.assert_close(torch.from_numpy(single).sum(1), torch.ones(6))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from pipeline import model
 from pipeline.data import build_transforms, fold_rows, read_folds, read_index, split_dataset
 from pipeline.files import write_csv
+from pipeline.loop import probabilities
 from pipeline.params import Tta, load_params
 
 
@@ -54,9 +55,7 @@ def predict_tta(
     with torch.no_grad():
         for x, _ in loader:
             batches = [b for v in views for b in VIEWS[v](x)]
-            logits = [net(b).float() for b in batches]
-            probs = [lg.sigmoid() if task == "multi_label" else lg.softmax(1) for lg in logits]
-            out.append(torch.stack(probs).mean(0))
+            out.append(torch.stack([probabilities(net(b).float(), task) for b in batches]).mean(0))
     return torch.cat(out).numpy()
 
 
