@@ -1,70 +1,263 @@
-"""Competition metrics, and shaping and validating a submission against sample_submission.csv.
+"""Competition metrics, multi-label thresholds, and shaping and validating a submission.
 
-Metrics take class probabilities (N, C) and integer targets (N,) and return a float where higher
-is better (losses are negated by `score`, reported positive by `report`).
+Every metric takes probabilities (N, C) and targets: integer class ids (N,) for single-label tasks
+or a multi-hot array (N, C) for multi-label ones. `score` orients it so that higher is better
+(losses negated) for checkpoint selection; `report` gives every metric that applies in its natural
+sign. Multi-label decisions are `probs >= threshold` per class, and never empty: a row with no
+class over its threshold gets its most probable class (every Kaggle multi-label task has at least
+one tag per image).
+
+Ordinal targets scored by quadratic weighted kappa (aptos diagnosis 0-4) stay a classification:
+the class ids are decoded by the expected value sum_k k * p_k, rounded, which uses the whole
+distribution (a 50/50 split between grades 1 and 3 decodes to 2) and beats argmax on kappa.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, log_loss
 
 from pipeline.files import PipelineError
 
+SINGLE, MULTI = "single_label", "multi_label"
+EPS = 1e-15  # Kaggle clips probabilities to [EPS, 1 - EPS] before taking logs
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)  # candidates per class when tuning
 
-def _accuracy(probs: np.ndarray, targets: np.ndarray) -> float:
-    return float(accuracy_score(targets, probs.argmax(1)))
+
+def task_of(targets: np.ndarray) -> str:
+    return MULTI if targets.ndim == 2 else SINGLE
 
 
-def _log_loss(probs: np.ndarray, targets: np.ndarray) -> float:
-    p = np.clip(probs, 1e-15, 1 - 1e-15)  # Kaggle clips before taking logs
+def decide_tags(probs: np.ndarray, thresholds: np.ndarray | float = 0.5) -> np.ndarray:
+    """Multi-label decisions (N, C) bool: over the class threshold, at least one per row."""
+    out = probs >= thresholds
+    empty = ~out.any(1)
+    out[empty, probs[empty].argmax(1)] = True
+    return out
+
+
+def decode_labels(probs: np.ndarray, metric: str) -> np.ndarray:
+    """Class ids: argmax, or the rounded expected class id for kappa (ordinal targets)."""
+    if metric == "qwk":
+        expected = probs @ np.arange(probs.shape[1]) / probs.sum(1)
+        return np.clip(np.rint(expected), 0, probs.shape[1] - 1).astype(int)
+    return probs.argmax(1)
+
+
+def _decisions(probs: np.ndarray, targets: np.ndarray, thresholds) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, true) as (N, C) bool for either task."""
+    if targets.ndim == 2:
+        return decide_tags(probs, thresholds), targets > 0.5
+    eye = np.eye(probs.shape[1], dtype=bool)
+    return eye[probs.argmax(1)], eye[targets.astype(int)]
+
+
+def _accuracy(probs, targets, thresholds) -> float:
+    """Single-label: share of argmax hits. Multi-label: exact-match (subset) accuracy."""
+    pred, true = _decisions(probs, targets, thresholds)
+    return float((pred == true).all(1).mean())
+
+
+def _log_loss(probs, targets, thresholds) -> float:
+    p = np.clip(probs, EPS, 1 - EPS)
+    if targets.ndim == 2:  # mean binary cross-entropy over every (row, class)
+        y = targets > 0.5
+        return float(-np.mean(np.where(y, np.log(p), np.log(1 - p))))
     p = p / p.sum(1, keepdims=True)
-    return float(log_loss(targets, p, labels=np.arange(probs.shape[1])))
+    return float(-np.mean(np.log(p[np.arange(len(p)), targets.astype(int)])))
 
 
-# name -> (function, higher_is_better)
-METRICS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], float], bool]] = {
-    "accuracy": (_accuracy, True),
-    "log_loss": (_log_loss, False),
+def _binary_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """Mann-Whitney form of the ROC AUC, ties counted half (what scikit-learn computes)."""
+    ranks = pd.Series(s).rank(method="average").to_numpy()
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _roc_auc(probs, targets, thresholds) -> float:
+    """Binary: AUC of the second class. Otherwise macro mean over classes (one-vs-rest).
+
+    Classes absent from (or filling) the targets have no AUC and are skipped; with none left
+    (a tiny validation fold) the score is 0.5, chance, so that checkpoint selection still works.
+    """
+    _, true = _decisions(probs, targets, thresholds)
+    cols = [1] if targets.ndim == 1 and probs.shape[1] == 2 else range(probs.shape[1])
+    aucs = [_binary_auc(true[:, k], probs[:, k]) for k in cols if 0 < true[:, k].sum() < len(true)]
+    return float(np.mean(aucs)) if aucs else 0.5
+
+
+def _fbeta_samples(beta: float) -> Callable[..., float]:
+    def fn(probs, targets, thresholds) -> float:
+        pred, true = _decisions(probs, targets, thresholds)
+        tp = (pred & true).sum(1)
+        b2 = beta**2
+        denom = (1 + b2) * tp + b2 * (true & ~pred).sum(1) + (pred & ~true).sum(1)
+        # decisions are never empty, so denom > 0 for every row
+        return float(np.mean((1 + b2) * tp / denom))
+
+    return fn
+
+
+def _f1_micro(probs, targets, thresholds) -> float:
+    pred, true = _decisions(probs, targets, thresholds)
+    tp = (pred & true).sum()
+    denom = 2 * tp + (pred & ~true).sum() + (true & ~pred).sum()
+    return float(2 * tp / denom) if denom else 0.0
+
+
+def _qwk(probs, targets, thresholds) -> float:
+    """Cohen's kappa with quadratic weights between the targets and decoded class ids."""
+    c = probs.shape[1]
+    pred, true = decode_labels(probs, "qwk"), targets.astype(int)
+    observed = np.zeros((c, c))
+    np.add.at(observed, (true, pred), 1)
+    expected = np.outer(observed.sum(1), observed.sum(0)) / len(true)
+    i = np.arange(c)
+    weights = (i[:, None] - i[None, :]) ** 2 / max(c - 1, 1) ** 2
+    chance = (weights * expected).sum()
+    # one class everywhere on both sides: kappa is undefined; 0 means "no skill shown"
+    return float(1 - (weights * observed).sum() / chance) if chance else 0.0
+
+
+@dataclass(frozen=True)
+class Metric:
+    fn: Callable[[np.ndarray, np.ndarray, np.ndarray | float], float]
+    higher_is_better: bool
+    tasks: tuple[str, ...]
+    thresholded: bool  # multi-label: depends on the decisions, so thresholds are tuned for it
+
+
+METRICS: dict[str, Metric] = {
+    "accuracy": Metric(_accuracy, True, (SINGLE, MULTI), True),
+    "log_loss": Metric(_log_loss, False, (SINGLE, MULTI), False),
+    "roc_auc": Metric(_roc_auc, True, (SINGLE, MULTI), False),
+    "f2_samples": Metric(_fbeta_samples(2.0), True, (MULTI,), True),  # planet
+    "f1_micro": Metric(_f1_micro, True, (SINGLE, MULTI), True),
+    "qwk": Metric(_qwk, True, (SINGLE,), False),  # aptos; ordinal class ids 0..C-1
 }
 
 
+def check_applies(name: str, task: str) -> None:
+    if name not in METRICS:
+        raise PipelineError(f"competition.metric: unknown metric '{name}', one of {list(METRICS)}")
+    if task not in METRICS[name].tasks:
+        raise PipelineError(
+            f"competition.metric: '{name}' applies to {' and '.join(METRICS[name].tasks)} tasks, "
+            f"this one is {task}"
+        )
+
+
+def value(
+    name: str, probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | float = 0.5
+) -> float:
+    """The metric in its natural sign."""
+    check_applies(name, task_of(targets))
+    return METRICS[name].fn(probs, targets, thresholds)
+
+
 def score(name: str, probs: np.ndarray, targets: np.ndarray) -> float:
-    """The metric oriented so that higher is better (for checkpoint selection)."""
-    fn, higher = METRICS[name]
-    value = fn(probs, targets)
-    return value if higher else -value
+    """The metric oriented so that higher is better (checkpoint selection; thresholds at 0.5)."""
+    v = value(name, probs, targets)
+    return v if METRICS[name].higher_is_better else -v
 
 
-def report(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """Every metric that applies, in its natural sign."""
-    return {name: round(fn(probs, targets), 6) for name, (fn, _) in METRICS.items()}
+def report(
+    probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | float = 0.5
+) -> dict[str, float]:
+    """Every metric that applies to the task, in its natural sign."""
+    task = task_of(targets)
+    return {
+        name: round(m.fn(probs, targets, thresholds), 6)
+        for name, m in METRICS.items()
+        if task in m.tasks
+    }
+
+
+def tune_thresholds(name: str, probs: np.ndarray, targets: np.ndarray, passes: int = 2):
+    """Per-class thresholds maximising the metric on (out-of-fold) predictions.
+
+    Coordinate ascent from 0.5: each class in turn takes the grid value that scores best with the
+    others fixed; only strict improvements are kept, so the result is never worse than 0.5 on the
+    same predictions. A metric that ignores decisions (log_loss, roc_auc) keeps 0.5.
+    """
+    thr = np.full(probs.shape[1], 0.5)
+    if not METRICS[name].thresholded:
+        return thr
+    best = score(name, probs, targets)
+    sign = 1 if METRICS[name].higher_is_better else -1
+    for _ in range(passes):
+        improved = False
+        for k in range(len(thr)):
+            for t in THRESHOLD_GRID:
+                trial = thr.copy()
+                trial[k] = t
+                s = sign * value(name, probs, targets, trial)
+                if s > best + 1e-12:
+                    best, thr, improved = s, trial, True
+        if not improved:
+            break
+    return thr
+
+
+def _is_integer(column: pd.Series) -> bool:
+    return pd.api.types.is_integer_dtype(column) or (
+        column.astype(str).str.fullmatch(r"-?\d+").all() and len(column) > 0
+    )
 
 
 def shape_submission(
-    ids: list[str], probs: np.ndarray, classes: list[str], sample: pd.DataFrame, kind: str
+    ids: list[str],
+    probs: np.ndarray,
+    classes: list[str],
+    sample: pd.DataFrame,
+    kind: str,
+    *,
+    metric: str = "accuracy",
+    positive_class: str | None = None,
+    thresholds: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Turn test probabilities into sample_submission's shape: its columns and its id order."""
+    """Turn test probabilities into sample_submission's shape: its columns and its id order.
+
+    kind: label (one column of class names, decoded as for `metric`), probs (one column per
+    class), binary (one column: P(positive_class)), tags (space-separated, per-class thresholds).
+    """
     id_col = sample.columns[0]
-    by_id = pd.DataFrame(probs, index=pd.Index(ids, name=id_col), columns=classes)
-    missing = set(sample[id_col].astype(str)) - set(by_id.index)
+    by_id = pd.DataFrame(probs, index=pd.Index([str(i) for i in ids]), columns=classes)
+    want = sample[id_col].astype(str)
+    missing = set(want) - set(by_id.index)
     if missing:
         raise PipelineError(
             f"sample_submission.csv: {len(missing)} ids have no prediction, "
             f"e.g. {sorted(missing)[:3]}"
         )
-    ordered = by_id.loc[sample[id_col].astype(str)]
+    ordered = by_id.loc[want]
+    out = pd.DataFrame({id_col: sample[id_col].to_numpy()})
     if kind == "label":
-        label_col = sample.columns[1]
-        out = pd.DataFrame({id_col: sample[id_col], label_col: ordered.idxmax(axis=1).to_numpy()})
-        # keep integer class names integer, as sample_submission has them
-        if pd.api.types.is_integer_dtype(sample[label_col]):
-            out[label_col] = out[label_col].astype(int)
-        return out
-    raise PipelineError(f"submission kind '{kind}' is not supported")
+        col = sample.columns[1]
+        names = np.array(classes, dtype=object)[decode_labels(ordered.to_numpy(), metric)]
+        # integer class names stay integers, as sample_submission has them
+        out[col] = names.astype(int) if _is_integer(sample[col]) else names
+    elif kind == "probs":
+        unknown = [c for c in sample.columns[1:] if c not in classes]
+        if unknown:
+            raise PipelineError(f"sample_submission.csv: columns {unknown} are not classes")
+        for col in sample.columns[1:]:
+            out[col] = ordered[col].to_numpy()
+    elif kind == "binary":
+        if positive_class not in classes:
+            raise PipelineError(f"positive class '{positive_class}' is not one of {classes}")
+        out[sample.columns[1]] = ordered[positive_class].to_numpy()
+    elif kind == "tags":
+        thr = np.full(len(classes), 0.5) if thresholds is None else np.asarray(thresholds)
+        decided = decide_tags(ordered.to_numpy(), thr)
+        out[sample.columns[1]] = [" ".join(np.array(classes)[row]) for row in decided]
+    else:
+        raise PipelineError(f"submission kind '{kind}' is not supported")
+    return out
 
 
 def validate_submission(
