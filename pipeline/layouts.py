@@ -1,26 +1,58 @@
 """Recognise how a competition ships its data and turn it into the canonical index frames.
 
-A layout reader returns (train, test, sample) where train has columns id, path, label and test has
-id, path (paths relative to the working folder), and sample is sample_submission.csv as read.
-Errors say what was found and what was expected.
+Layouts (`competition.layout`, detected when `auto`):
+
+    csv              a label CSV (id, label[, group]) beside a train image folder of <id>.<ext>
+                     (dog-breed labels.csv, cifar-10 trainLabels.csv, aptos train.csv with
+                     id_code/diagnosis and train_images/, histopathologic train_labels.csv with
+                     .tif files, planet train_v2.csv with space-separated tags and train-jpg/)
+    class_folders    train/<class>/*.png (plant-seedlings); the test ids are file names
+    filename_labels  train/<label>.<n>.jpg (dogs-vs-cats-redux); test/<n>.jpg
+    pixels_csv       train.csv of label, pixel0..pixelK (digit-recognizer, square grayscale) and
+                     test.csv of pixels whose rows are sample_submission's ids in order
+
+Train and test image folders are the top-level folders whose names start with "train" / "test"
+(test, test_images, test-jpg and test-jpg-additional alike). Test ids are sample_submission's
+first column; an id names its image by file name (plant-seedlings "0021e90e4.png") or by file name
+without the suffix (everyone else). Errors say what was found and what was expected.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.files import PipelineError
+from pipeline.params import Competition
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
-LABEL_CSVS = ("train.csv", "labels.csv", "trainLabels.csv", "train_labels.csv")
+# known label CSV names, most specific first; any other CSV naming "train" or "label" follows
+LABEL_CSVS = ("labels.csv", "trainLabels.csv", "train_labels.csv", "train_v2.csv", "train.csv")
+NOT_LABELS = ("sample", "solution", "test")  # CSV names that never hold training labels
+PIXEL_PREFIX = "pixel"
+
+
+@dataclass
+class Layout:
+    name: str
+    task: str  # single_label | multi_label
+    train: pd.DataFrame  # id, path, label (multi-label: space-separated tags)[, group]
+    test: pd.DataFrame  # id, path
+    sample: pd.DataFrame  # sample_submission.csv as read (all strings)
+    sample_path: Path
+    # pixels_csv only: uint8 images (N, H, W) per split; prepare writes them out as PNGs
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    id_base: int | None = None  # pixels_csv: the first test id (digit-recognizer counts from 1)
 
 
 def read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise PipelineError(f"{path}: not a readable CSV ({e})") from None
 
 
@@ -37,19 +69,26 @@ def find_sample_submission(raw: Path) -> Path:
     return found[0]
 
 
-def images_by_stem(folder: Path) -> dict[str, Path]:
-    """{file name without suffix: path} for every image below `folder`."""
-    return {p.stem: p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES}
+def _listing(raw: Path) -> str:
+    files = sorted(p.name for p in raw.iterdir() if p.is_file())
+    dirs = sorted(p.name + "/" for p in raw.iterdir() if p.is_dir())
+    return f"files {files[:10]} and folders {dirs[:10]}"
 
 
-def find_folder(raw: Path, names: tuple[str, ...]) -> Path:
-    for name in names:
-        if (raw / name).is_dir():
-            return raw / name
-    found = sorted(p.name for p in raw.iterdir() if p.is_dir())
-    raise PipelineError(
-        f"{raw}: expected an image folder named one of {list(names)}, found {found}"
-    )
+def image_dirs(raw: Path, prefix: str) -> list[Path]:
+    return sorted(p for p in raw.iterdir() if p.is_dir() and p.name.lower().startswith(prefix))
+
+
+def images_in(folder: Path, recursive: bool = True) -> list[Path]:
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def image_lookup(folders: list[Path]) -> dict[str, Path]:
+    """{file name: path} and {file name without suffix: path} for every image in `folders`."""
+    files = [p for f in folders for p in images_in(f)]
+    by_stem = {p.stem: p for p in files}
+    return {**by_stem, **{p.name: p for p in files}}
 
 
 def attach_paths(frame: pd.DataFrame, files: dict[str, Path], source: str) -> pd.DataFrame:
@@ -62,29 +101,303 @@ def attach_paths(frame: pd.DataFrame, files: dict[str, Path], source: str) -> pd
     return frame.assign(path=[str(files[r]) for r in frame["id"]])
 
 
-def csv_with_folder(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """train.csv-style labels (id, label) beside train/ and test/ folders of <id>.<ext> files."""
-    label_csv = next((raw / n for n in LABEL_CSVS if (raw / n).exists()), None)
-    if label_csv is None:
-        raise PipelineError(f"{raw}: expected a label CSV named one of {list(LABEL_CSVS)}")
-    labels = read_csv(label_csv)
-    if labels.shape[1] < 2:
+def test_from_sample(raw: Path, sample: pd.DataFrame, sample_path: Path) -> pd.DataFrame:
+    dirs = image_dirs(raw, "test")
+    if not dirs:
         raise PipelineError(
-            f"found {label_csv} with columns {list(labels.columns)}; expected an id column and a "
-            "label column"
+            f"{raw}: found {_listing(raw)}; expected a test image folder (test/, test_images/, …) "
+            f"holding the ids of {sample_path.name}"
         )
-    train = labels.iloc[:, :2].set_axis(["id", "label"], axis=1)
+    test = pd.DataFrame({"id": sample.iloc[:, 0]})
+    return attach_paths(test, image_lookup(dirs), str(sample_path))
+
+
+# --- detection --------------------------------------------------------------------------------
+
+
+def label_csvs(raw: Path) -> list[Path]:
+    """Candidate label CSVs at the top of data/raw, known names first."""
+    csvs = sorted(p for p in raw.glob("*.csv") if not p.name.lower().startswith(NOT_LABELS))
+    known = [raw / n for n in LABEL_CSVS if (raw / n) in csvs]
+    others = [
+        p
+        for p in csvs
+        if p not in known and ("train" in p.name.lower() or "label" in p.name.lower())
+    ]
+    return known + others
+
+
+def pixel_columns(columns: list[str]) -> list[str]:
+    return [c for c in columns if c.startswith(PIXEL_PREFIX) and c[len(PIXEL_PREFIX) :].isdigit()]
+
+
+def _header(path: Path) -> list[str]:
+    return list(pd.read_csv(path, nrows=0).columns)
+
+
+def class_folder_dir(raw: Path) -> Path | None:
+    """The train folder holding one sub-folder of images per class (two classes at least)."""
+    for d in image_dirs(raw, "train"):
+        subs = [s for s in sorted(d.iterdir()) if s.is_dir() and images_in(s)]
+        if len(subs) >= 2 and not images_in(d, recursive=False):
+            return d
+    return None
+
+
+def filename_label(stem: str) -> str | None:
+    head, dot, _ = stem.partition(".")
+    return head if dot and head else None
+
+
+def looks_like_filename_labels(raw: Path) -> bool:
+    """Every train image is <label>.<rest> and labels repeat (a few labels, many files)."""
+    files = [p for d in image_dirs(raw, "train") for p in images_in(d)]
+    labels = [filename_label(p.stem) for p in files]
+    return bool(files) and None not in labels and 2 <= len(set(labels)) <= len(files) / 2
+
+
+def detect(raw: Path) -> str:
+    for path in label_csvs(raw):
+        if pixel_columns(_header(path)):
+            return "pixels_csv"
+    if label_csvs(raw) and image_dirs(raw, "train"):
+        return "csv"
+    if class_folder_dir(raw) is not None:
+        return "class_folders"
+    if looks_like_filename_labels(raw):
+        return "filename_labels"
+    raise PipelineError(
+        f"{raw}: found {_listing(raw)}; expected one of: a label CSV ({', '.join(LABEL_CSVS)}) "
+        "beside a train image folder, train/<class>/ folders of images, train/<label>.<n>.<ext> "
+        "files, or a train.csv of pixel0..pixelN columns; set competition.layout"
+    )
+
+
+def multi_label(labels: pd.Series) -> bool:
+    """Space-separated tags: labels with spaces whose tags combine into more labels than tags.
+
+    A single-label class name with a space ("Common Chickweed") has about as many words as
+    classes; planet's 17 tags form hundreds of distinct tag sets.
+    """
+    if not labels.str.contains(" ").any():
+        return False
+    tags = {t for lab in labels for t in lab.split()}
+    return labels.nunique() > len(tags)
+
+
+# --- readers ----------------------------------------------------------------------------------
+
+
+def _column_error(path: Path, columns: list[str], why: str) -> PipelineError:
+    return PipelineError(
+        f"found {path.name} with columns {columns}; expected an id column and a label column "
+        f"({why}); set competition.id_column / competition.label_column"
+    )
+
+
+def guess_id_column(labels: pd.DataFrame, files: dict[str, Path], path: Path) -> str:
+    """The column whose values name the most train images."""
+    hits = {c: labels[c].isin(files.keys()).sum() for c in labels.columns}
+    best = max(hits, key=hits.get)
+    if hits[best] == 0:
+        some = sorted(files)[:3]
+        raise _column_error(path, list(labels.columns), f"no column names train images like {some}")
+    return best
+
+
+def guess_label_column(labels: pd.DataFrame, taken: set[str], sample: pd.DataFrame, path: Path):
+    rest = [c for c in labels.columns if c not in taken]
+    if len(rest) == 1:
+        return rest[0]
+    if len(sample.columns) == 2 and sample.columns[1] in rest:  # the column the submission asks
+        return sample.columns[1]
+    raise _column_error(path, list(labels.columns), f"{len(rest)} candidates for the label")
+
+
+def _check_column(name: str | None, labels: pd.DataFrame, key: str, path: Path) -> None:
+    if name is not None and name not in labels.columns:
+        raise PipelineError(
+            f"competition.{key}: '{name}' is not a column of {path} "
+            f"(columns {list(labels.columns)})"
+        )
+
+
+def _check_labels(train: pd.DataFrame, path: Path) -> None:
     empty = train.index[train["label"].str.strip() == ""]
     if len(empty):
         rows = ", ".join(f"row {i + 2} (id '{train['id'][i]}')" for i in empty[:5])
-        raise PipelineError(f"{label_csv}: empty label in {rows}")
-    train = attach_paths(
-        train, images_by_stem(find_folder(raw, ("train", "train_images"))), str(label_csv)
+        raise PipelineError(f"{path}: empty label in {rows}")
+
+
+def read_csv_layout(raw: Path, comp: Competition, sample: pd.DataFrame, sample_path: Path):
+    paths = label_csvs(raw)
+    if not paths:
+        raise PipelineError(
+            f"{raw}: found {_listing(raw)}; expected a label CSV named one of {list(LABEL_CSVS)}"
+        )
+    path, dirs = paths[0], image_dirs(raw, "train")
+    if not dirs:
+        raise PipelineError(f"{raw}: found {_listing(raw)}; expected a train image folder")
+    labels = read_csv(path)
+    for key in ("id_column", "label_column", "group_column"):
+        _check_column(getattr(comp, key), labels, key, path)
+    if labels.shape[1] < 2:
+        raise _column_error(path, list(labels.columns), "found one column")
+    files = image_lookup(dirs)
+    id_col = comp.id_column or guess_id_column(labels, files, path)
+    taken = {id_col, comp.group_column} - {None}
+    label_col = comp.label_column or guess_label_column(labels, taken, sample, path)
+    train = pd.DataFrame({"id": labels[id_col], "label": labels[label_col].str.strip()})
+    _check_labels(train, path)
+    train["label"] = [" ".join(lab.split()) for lab in train["label"]]  # one space between tags
+    if comp.group_column:
+        train["group"] = labels[comp.group_column]
+    train = attach_paths(train, files, str(path))
+    task = (
+        comp.task
+        if comp.task != "auto"
+        else ("multi_label" if multi_label(train["label"]) else "single_label")
     )
+    test = test_from_sample(raw, sample, sample_path)
+    return Layout("csv", task, train, test, sample, sample_path)
+
+
+def _unique_ids(files: list[Path], root: Path) -> list[str]:
+    """File names as ids; relative paths where two classes hold the same file name."""
+    names = [p.name for p in files]
+    if len(set(names)) == len(names):
+        return names
+    return [p.relative_to(root).as_posix() for p in files]
+
+
+def read_class_folders(raw: Path, comp: Competition, sample: pd.DataFrame, sample_path: Path):
+    root = class_folder_dir(raw)
+    if root is None:
+        raise PipelineError(
+            f"{raw}: found {_listing(raw)}; expected a train/ folder with one sub-folder of images "
+            "per class (two at least)"
+        )
+    files = [p for sub in sorted(root.iterdir()) if sub.is_dir() for p in images_in(sub)]
+    labels = [p.relative_to(root).parts[0] for p in files]
+    train = pd.DataFrame(
+        {"id": _unique_ids(files, root), "path": [str(p) for p in files], "label": labels}
+    )
+    test = test_from_sample(raw, sample, sample_path)
+    return Layout("class_folders", _single(comp, "class_folders"), train, test, sample, sample_path)
+
+
+def read_filename_labels(raw: Path, comp: Competition, sample: pd.DataFrame, sample_path: Path):
+    files = [p for d in image_dirs(raw, "train") for p in images_in(d)]
+    bad = [p for p in files if filename_label(p.stem) is None]
+    if not files or bad:
+        example = f"e.g. {bad[0]}" if bad else "no train images"
+        raise PipelineError(
+            f"{raw}: expected train images named <label>.<n>.<ext> (cat.123.jpg), found {example}"
+        )
+    train = pd.DataFrame(
+        {
+            "id": [p.stem for p in files],
+            "path": [str(p) for p in files],
+            "label": [filename_label(p.stem) for p in files],
+        }
+    )
+    dup = train["id"][train["id"].duplicated()]
+    if len(dup):
+        raise PipelineError(f"{raw}: two train images share the id '{dup.iloc[0]}'")
+    test = test_from_sample(raw, sample, sample_path)
+    task = _single(comp, "filename_labels")
+    return Layout("filename_labels", task, train, test, sample, sample_path)
+
+
+def _single(comp: Competition, layout: str) -> str:
+    if comp.task == "multi_label":
+        raise PipelineError(
+            f"competition.task: multi_label needs tags in a label CSV; layout '{layout}' has one "
+            "label per image"
+        )
+    return "single_label"
+
+
+def _pixels(frame: pd.DataFrame, cols: list[str], path: Path) -> np.ndarray:
+    side = math.isqrt(len(cols))
+    if side * side != len(cols):
+        raise PipelineError(
+            f"{path}: {len(cols)} pixel columns; expected a square image (e.g. 784 = 28 x 28)"
+        )
+    values = frame[cols].apply(pd.to_numeric, errors="coerce").to_numpy()
+    bad = np.isnan(values) | (values < 0) | (values > 255)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise PipelineError(
+            f"{path}: row {r + 2} column '{cols[c]}' has '{frame[cols[c]].iloc[r]}'; expected a "
+            "pixel value 0-255"
+        )
+    return values.astype(np.uint8).reshape(len(frame), side, side)
+
+
+def read_pixels_csv(raw: Path, comp: Competition, sample: pd.DataFrame, sample_path: Path):
+    train_path = next((p for p in label_csvs(raw) if pixel_columns(_header(p))), None)
+    test_path = raw / "test.csv"
+    if train_path is None or not test_path.exists():
+        raise PipelineError(
+            f"{raw}: found {_listing(raw)}; expected train.csv and test.csv with columns "
+            "pixel0..pixelN"
+        )
+    labels, test_frame = read_csv(train_path), read_csv(test_path)
+    cols = pixel_columns(list(labels.columns))
+    _check_column(comp.label_column, labels, "label_column", train_path)
+    rest = [c for c in labels.columns if c not in cols and c != comp.group_column]
+    label_col = comp.label_column or (rest[0] if len(rest) == 1 else None)
+    if label_col is None:
+        raise _column_error(train_path, rest, "besides the pixels, one column holds the label")
+    if pixel_columns(list(test_frame.columns)) != cols:
+        raise PipelineError(f"{test_path}: expected the same pixel columns as {train_path.name}")
+    train = pd.DataFrame({"id": [str(i) for i in range(len(labels))], "label": labels[label_col]})
+    _check_labels(train, train_path)
+    if comp.group_column:
+        train["group"] = labels[comp.group_column]
+    base = _id_base(sample, len(test_frame), sample_path, test_path)
+    test = pd.DataFrame({"id": [str(base + i) for i in range(len(test_frame))]})
+    arrays = {
+        "train": _pixels(labels, cols, train_path),
+        "test": _pixels(test_frame, cols, test_path),
+    }
+    task = _single(comp, "pixels_csv")
+    return Layout("pixels_csv", task, train, test, sample, sample_path, arrays, base)
+
+
+def _id_base(sample: pd.DataFrame, n: int, sample_path: Path, test_path: Path) -> int:
+    """Test row i has id base + i: sample ids must be consecutive integers (ImageId 1..N)."""
+    ids = pd.to_numeric(sample.iloc[:, 0], errors="coerce")
+    if len(ids) != n or ids.isna().any():
+        raise PipelineError(
+            f"{sample_path}: {len(ids)} rows with ids like {sample.iloc[:3, 0].tolist()}; expected "
+            f"{n} integer ids, one per row of {test_path.name}"
+        )
+    base = int(ids.min())
+    if sorted(ids.astype(int)) != list(range(base, base + n)):
+        raise PipelineError(
+            f"{sample_path}: ids are not consecutive integers {base}..{base + n - 1}"
+        )
+    return base
+
+
+READERS = {
+    "csv": read_csv_layout,
+    "class_folders": read_class_folders,
+    "filename_labels": read_filename_labels,
+    "pixels_csv": read_pixels_csv,
+}
+
+
+def read(raw: Path, comp: Competition) -> Layout:
+    """The competition in data/raw as index frames, by `competition.layout` or detection."""
+    name = comp.layout if comp.layout != "auto" else detect(raw)
     sample_path = find_sample_submission(raw)
     sample = read_csv(sample_path)
-    test = pd.DataFrame({"id": sample.iloc[:, 0]})
-    test = attach_paths(
-        test, images_by_stem(find_folder(raw, ("test", "test_images"))), str(sample_path)
-    )
-    return train, test, sample
+    if sample.shape[1] < 2:
+        raise PipelineError(
+            f"{sample_path}: columns {list(sample.columns)}; expected an id column and at least "
+            "one value column"
+        )
+    return READERS[name](raw, comp, sample, sample_path)

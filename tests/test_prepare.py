@@ -4,15 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.data import read_index
+from pipeline.data import load_image, read_index
 from pipeline.files import PipelineError
 from pipeline.params import Prepare
 from pipeline.stages.prepare import run
+from tests import layout_fixtures as lf
+from tests.layout_fixtures import competition
 
 
 def test_index_and_cache(tiny_comp, tmp_path):
     out = tmp_path / "prepared"
-    run(Prepare(cache_size=16), raw=tiny_comp, out=out)
+    run(Prepare(cache_size=16), competition(), raw=tiny_comp, out=out)
     index = read_index(out)
     assert index.classes == ["cat", "dog", "fox"]
     assert len(index.train) == 36 and len(index.test) == 12
@@ -24,13 +26,13 @@ def test_index_and_cache(tiny_comp, tmp_path):
 
 
 def test_without_cache_no_arrays(tiny_comp, tmp_path):
-    run(Prepare(cache_size=None), raw=tiny_comp, out=tmp_path / "prepared")
+    run(Prepare(cache_size=None), competition(), raw=tiny_comp, out=tmp_path / "prepared")
     assert read_index(tmp_path / "prepared").images("train") is None
 
 
 def _expect_failure(raw, out, pattern):
     with pytest.raises(PipelineError, match=pattern):
-        run(Prepare(cache_size=16), raw=raw, out=out)
+        run(Prepare(cache_size=16), competition(), raw=raw, out=out)
     assert not out.exists()
     assert not list(out.parent.glob(".prepared*"))  # no temporary left behind either
 
@@ -60,7 +62,51 @@ def test_unreadable_images_listed(tiny_comp, tmp_path):
     (tiny_comp / "train" / "tr007.png").write_bytes(b"not a png")
     (tiny_comp / "test" / "te001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(PipelineError) as err:
-        run(Prepare(cache_size=16), raw=tiny_comp, out=tmp_path / "prepared")
+        run(Prepare(cache_size=16), competition(), raw=tiny_comp, out=tmp_path / "prepared")
     assert "2 unreadable image(s)" in str(err.value)
     assert "tr007.png" in str(err.value) and "te001.png" in str(err.value)
     assert not (tmp_path / "prepared").exists()
+
+
+def test_meta_carries_task_classes_and_submission_shape(tiny_comp, tmp_path):
+    meta = run(Prepare(cache_size=None), competition(), raw=tiny_comp, out=tmp_path / "prepared")
+    assert meta == read_index(tmp_path / "prepared").meta
+    assert meta["task"] == "single_label" and meta["classes"] == ["cat", "dog", "fox"]
+    assert (meta["submission_kind"], meta["id_column"], meta["layout"]) == ("label", "id", "csv")
+    copied = (tmp_path / "prepared" / "sample_submission.csv").read_bytes()
+    assert copied == (tiny_comp / "sample_submission.csv").read_bytes()
+
+
+def test_pixels_become_readable_png_files(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "prepared"
+    lf.digit_recognizer(raw, n_train=8, n_test=3)
+    run(Prepare(cache_size=None), competition(), raw=raw, out=out)
+    index = read_index(out)
+    assert index.test["id"].tolist() == ["1", "2", "3"]
+    train_csv = pd.read_csv(raw / "train.csv")
+    for row in (0, 5):
+        img = load_image(index.train["path"][row])  # a path that works once prepare is done
+        assert img.shape == (28, 28, 3)
+        want = train_csv.iloc[row, 1:].to_numpy().reshape(28, 28)
+        assert (img[..., 0] == want).all()
+        assert index.train["label"][row] == str(train_csv["label"][row])
+
+
+def test_group_column_reaches_the_index(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "prepared"
+    lf.aptos(raw)
+    train = pd.read_csv(raw / "train.csv")
+    train.insert(1, "patient", [f"p{i // 2}" for i in range(len(train))])
+    train.to_csv(raw / "train.csv", index=False)
+    run(Prepare(cache_size=None), competition(group_column="patient"), raw=raw, out=out)
+    index = read_index(out)
+    assert index.train["group"].tolist() == train["patient"].tolist()
+    assert index.train["label"].tolist() == train["diagnosis"].astype(str).tolist()
+
+
+def test_metric_of_the_other_task_stops_prepare(tmp_path):
+    raw = tmp_path / "raw"
+    lf.aptos(raw)
+    with pytest.raises(PipelineError, match="'f2_samples' applies to multi_label tasks"):
+        run(Prepare(cache_size=None), competition(metric="f2_samples"), raw=raw, out=tmp_path / "p")
+    assert not (tmp_path / "p").exists()
