@@ -1,7 +1,10 @@
-"""folds: assign every training row to one validation fold, stratified by label and seeded.
+"""folds: assign every training row to one validation fold, seeded from base.seed.
 
     python -m pipeline folds               # reads base.seed and base.folds from params.yaml
 
+Single-label: stratified by label. Multi-label: iterative stratification over the tags (every
+tag keeps its frequency in every fold). With a `group` column in the index (from
+competition.group_column): all rows of a group share a fold, stratified as far as groups allow.
 Writes folds/folds.csv (id, label, fold); the same params always give the same file.
 """
 
@@ -12,32 +15,74 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 
-from pipeline.data import FOLDS, read_index
+from pipeline.data import FOLDS, encode_labels, read_index
 from pipeline.files import PipelineError, write_csv
 from pipeline.params import load_params
 
 
-def make_folds(train: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
-    counts = train["label"].value_counts()
+def _check_sizes(train: pd.DataFrame, n_folds: int, task: str) -> None:
+    if task == "multi_label":
+        counts = train["label"].str.split().explode().value_counts()
+        what = "tag"
+    else:
+        counts = train["label"].value_counts()
+        what = "class"
     if counts.min() < n_folds:
         raise PipelineError(
-            f"class '{counts.idxmin()}' has {counts.min()} images, fewer than the {n_folds} folds "
+            f"{what} '{counts.idxmin()}' has {counts.min()} images, fewer than the {n_folds} folds "
             "in base.folds; use fewer folds"
         )
+    if "group" in train and train["group"].nunique() < n_folds:
+        raise PipelineError(
+            f"column 'group' has {train['group'].nunique()} groups, fewer than the {n_folds} "
+            "folds in base.folds; use fewer folds"
+        )
+
+
+def _splitter(train: pd.DataFrame, n_folds: int, seed: int, task: str):
+    """(splitter, y, groups) for the task; every splitter shuffles with the seed."""
+    grouped = "group" in train
+    groups = train["group"].to_numpy() if grouped else None
+    if task == "multi_label":
+        tags = sorted({t for lab in train["label"] for t in lab.split()})
+        y = encode_labels(train["label"], tags, task)
+        if grouped:  # no multilabel splitter knows groups: shuffle the groups, then GroupKFold
+            return GroupKFold(n_splits=n_folds), y, _shuffled_group_ids(groups, seed)
+        return MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed), y, None
+    y = train["label"].to_numpy()
+    if grouped:
+        return StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed), y, groups
+    return StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed), y, None
+
+
+def _shuffled_group_ids(groups: np.ndarray, seed: int) -> np.ndarray:
+    """Groups renamed in a seeded random order, so GroupKFold's assignment follows the seed."""
+    names = pd.unique(groups)
+    order = np.random.default_rng(seed).permutation(len(names))
+    return pd.Series(groups).map(dict(zip(names, order, strict=True))).to_numpy()
+
+
+def make_folds(train: pd.DataFrame, n_folds: int, seed: int, task: str) -> pd.DataFrame:
+    _check_sizes(train, n_folds, task)
+    splitter, y, groups = _splitter(train, n_folds, seed, task)
     fold = np.empty(len(train), dtype=int)
-    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for k, (_, valid) in enumerate(splitter.split(np.zeros(len(train)), train["label"])):
+    for k, (_, valid) in enumerate(splitter.split(np.zeros((len(train), 1)), y, groups)):
         fold[valid] = k
     return pd.DataFrame({"id": train["id"], "label": train["label"], "fold": fold})
 
 
 def run(seed: int, n_folds: int, out: Path = FOLDS) -> None:
-    folds = make_folds(read_index().train, n_folds, seed)
+    index = read_index()
+    task = index.meta["task"]
+    folds = make_folds(index.train, n_folds, seed, task)
     write_csv(out, folds)
+    how = {"single_label": "stratified", "multi_label": "multilabel-stratified"}[task]
+    how += ", grouped" if "group" in index.train else ""
     print(
-        f"folds: {n_folds} stratified folds of "
+        f"folds: {n_folds} {how} folds of "
         f"{folds['fold'].value_counts().sort_index().tolist()} rows -> {out}"
     )
 
