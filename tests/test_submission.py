@@ -4,8 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.data import read_index
 from pipeline.files import PipelineError
 from pipeline.metrics import shape_submission, validate_submission
+from pipeline.params import Prepare
+from pipeline.stages import ensemble, prepare, submit
+from tests import layout_fixtures as lf
+from tests.layout_fixtures import competition
 
 CLASSES = ["0", "1", "2"]
 
@@ -65,3 +70,97 @@ def test_probabilities_must_be_in_unit_interval():
     bad = ok.assign(dog=[0.8, 1.5])
     with pytest.raises(PipelineError, match=r"column 'dog' row 3 has '1.5'"):
         validate_submission(bad, sample, ["cat", "dog"], "probs", "s.csv")
+
+
+def test_probability_columns_follow_the_sample_order():
+    sample = pd.DataFrame({"id": ["b", "a"], "dog": [0.5, 0.5], "cat": [0.5, 0.5]})
+    probs = np.array([[0.9, 0.1], [0.3, 0.7]])  # rows a, b; columns cat, dog
+    sub = shape_submission(["a", "b"], probs, ["cat", "dog"], sample, "probs")
+    assert list(sub.columns) == ["id", "dog", "cat"]
+    assert sub.to_dict("list") == {"id": ["b", "a"], "dog": [0.7, 0.1], "cat": [0.3, 0.9]}
+    validate_submission(sub, sample, ["cat", "dog"], "probs", "s.csv")
+
+
+def test_binary_writes_the_positive_class_probability():
+    sample = pd.DataFrame({"id": [2, 1], "label": [0.5, 0.5]})
+    probs = np.array([[0.8, 0.2], [0.25, 0.75]])  # ids 1, 2; columns cat, dog
+    sub = shape_submission(
+        ["1", "2"], probs, ["cat", "dog"], sample, "binary", positive_class="dog"
+    )
+    assert sub["id"].tolist() == [2, 1]  # the sample's ids, type kept
+    assert sub["label"].tolist() == [0.75, 0.2]
+    validate_submission(sub, sample, ["cat", "dog"], "binary", "s.csv")
+
+
+def test_tags_use_per_class_thresholds_and_are_never_empty():
+    sample = pd.DataFrame({"image_name": ["t0", "t1", "t2"], "tags": "primary clear"})
+    classes = ["clear", "haze", "primary"]
+    probs = np.array([[0.6, 0.3, 0.9], [0.1, 0.15, 0.2], [0.4, 0.2, 0.05]])
+    sub = shape_submission(
+        ["t0", "t1", "t2"], probs, classes, sample, "tags", thresholds=np.array([0.5, 0.25, 0.5])
+    )
+    assert sub["tags"].tolist() == ["clear haze primary", "primary", "clear"]
+    validate_submission(sub, sample, classes, "tags", "s.csv")
+    with pytest.raises(PipelineError, match=r"row 2 has unknown tags \['fog'\]"):
+        validate_submission(sub.assign(tags=["fog"] * 3), sample, classes, "tags", "s.csv")
+
+
+def test_ordinal_labels_decode_by_expected_value_for_kappa():
+    sample = pd.DataFrame({"id_code": ["x", "y"], "diagnosis": [0, 0]})
+    probs = np.array([[0.5, 0.0, 0.0, 0.5, 0.0], [0.0, 0.1, 0.2, 0.3, 0.4]])
+    classes = ["0", "1", "2", "3", "4"]
+    sub = shape_submission(["x", "y"], probs, classes, sample, "label", metric="qwk")
+    assert sub["diagnosis"].tolist() == [2, 3]
+    assert pd.api.types.is_integer_dtype(sub["diagnosis"])
+    argmax = shape_submission(["x", "y"], probs, classes, sample, "label", metric="accuracy")
+    assert argmax["diagnosis"].tolist() == [0, 4]
+
+
+def test_string_labels_of_a_folder_competition_with_file_name_ids():
+    sample = pd.DataFrame({"file": ["b.png", "a.png"], "species": "Charlock"})
+    classes = ["Charlock", "Common Chickweed"]
+    sub = shape_submission(
+        ["a.png", "b.png"], np.array([[0.2, 0.8], [0.6, 0.4]]), classes, sample, "label"
+    )
+    assert sub.to_dict("list") == {
+        "file": ["b.png", "a.png"],
+        "species": ["Charlock", "Common Chickweed"],
+    }
+
+
+def fake_predictions(root, classes, train_ids, test_ids, seed=0):
+    """preds/m/fold{0,1}/{oof,test}.csv as predict writes them (softmax rows), no training."""
+    rng = np.random.default_rng(seed)
+    for k in (0, 1):
+        for name, ids in (("oof", train_ids[k::2]), ("test", test_ids)):
+            frame = pd.DataFrame(rng.dirichlet(np.ones(len(classes)), len(ids)), columns=classes)
+            frame.insert(0, "id", ids)
+            (root / "preds" / "m" / f"fold{k}").mkdir(parents=True, exist_ok=True)
+            frame.to_csv(root / "preds" / "m" / f"fold{k}" / f"{name}.csv", index=False)
+
+
+@pytest.mark.parametrize(
+    ("writer", "kind"), [(lf.dog_breed, "probs"), (lf.histopathologic, "binary")]
+)
+def test_ensemble_and_submit_stages_shape_like_the_sample(tmp_path, monkeypatch, writer, kind):
+    monkeypatch.chdir(tmp_path)
+    over = writer(tmp_path / "data" / "raw")
+    meta = prepare.run(Prepare(cache_size=None), competition(**over))
+    assert meta["submission_kind"] == kind
+    index = read_index()
+    fake_predictions(
+        tmp_path, meta["classes"], index.train["id"].tolist(), index.test["id"].tolist()
+    )
+    cv = ensemble.run(["m"], [0, 1], over["metric"])
+    assert cv["metric"] == over["metric"] and cv["cv"] == cv[over["metric"]]
+    submit.run(over["metric"])
+    sub = pd.read_csv(tmp_path / "submissions" / "submission.csv")
+    sample = pd.read_csv(tmp_path / "data" / "raw" / "sample_submission.csv")
+    assert list(sub.columns) == list(sample.columns)
+    assert sub.iloc[:, 0].tolist() == sample.iloc[:, 0].tolist()
+    blend = pd.read_csv(tmp_path / "ensemble" / "test.csv").set_index("id").loc[sub["id"]]
+    if kind == "probs":  # every class column, in the sample's order, is the blend's
+        np.testing.assert_allclose(sub[lf.BREEDS], blend[lf.BREEDS], atol=1e-9)
+    else:  # P(1): the sample's integer 0 column becomes a probability
+        np.testing.assert_allclose(sub["label"], blend["1"], atol=1e-9)
+        assert (sub["label"] > 0).all() and (sub["label"] < 1).all()

@@ -3,8 +3,11 @@
     python -m pipeline ensemble            # reads train.backbones, base.folds, competition.metric
 
 OOF: each training row is predicted by the one fold model that never saw it; backbones are
-averaged. Test: the mean over every fold and backbone. Writes ensemble/{oof,test}.csv and
-metrics/cv.json (`dvc metrics show` prints it).
+averaged. Test: the mean over every fold and backbone. Multi-label: per-class decision thresholds
+are tuned on the OOF blend to maximise competition.metric (never worse than 0.5 there). Writes
+ensemble/{oof,test}.csv, ensemble/thresholds.json ({metric, thresholds: {class: t} or null}) and
+metrics/cv.json (`dvc metrics show` prints it): the metric, its CV value, every applicable
+metric, the value per backbone and, for multi-label, every metric at threshold 0.5.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import metrics
-from pipeline.data import read_index
-from pipeline.files import PipelineError, write_csv, write_json
+from pipeline.data import encode_labels, read_index
+from pipeline.files import PipelineError, atomic_dir, write_csv, write_json
 from pipeline.params import load_params
 
 
@@ -55,16 +58,25 @@ def run(
         read_preds(preds / n / f"fold{k}" / "test.csv", classes) for n in backbones for k in folds
     ]
     oof, test = blend(oof_per_model).loc[index.train["id"]], blend(tests).loc[index.test["id"]]
-    lookup = {c: i for i, c in enumerate(classes)}
-    targets = index.train["label"].map(lookup).to_numpy()
-    report = metrics.report(oof.to_numpy(), targets)
+    task = index.meta["task"]
+    targets = encode_labels(index.train["label"], classes, task)
+    metrics.check_applies(metric, task)
+    # multi-label: per-class thresholds tuned on the OOF blend for the competition metric
+    thresholds = metrics.tune_thresholds(metric, oof.to_numpy(), targets)
+    report = metrics.report(oof.to_numpy(), targets, thresholds)
     per_model = {
-        n: metrics.report(o.loc[index.train["id"]].to_numpy(), targets)[metric]
+        n: metrics.value(metric, o.loc[index.train["id"]].to_numpy(), targets, thresholds)
         for n, o in zip(backbones, oof_per_model, strict=True)
     }
     cv = {"metric": metric, "cv": report[metric], **report, "per_backbone": per_model}
-    write_csv(out / "oof.csv", oof.reset_index())
-    write_csv(out / "test.csv", test.reset_index())
+    decision = {"metric": metric, "thresholds": None}
+    if task == "multi_label":
+        cv["at_threshold_0.5"] = metrics.report(oof.to_numpy(), targets, 0.5)
+        decision["thresholds"] = {c: float(t) for c, t in zip(classes, thresholds, strict=True)}
+    with atomic_dir(out) as tmp:  # the three files appear together or not at all
+        write_csv(tmp / "oof.csv", oof.reset_index())
+        write_csv(tmp / "test.csv", test.reset_index())
+        write_json(tmp / "thresholds.json", decision)
     write_json(out_metrics, cv)
     print(
         f"ensemble: {len(backbones)} backbone(s) x {len(folds)} folds, CV {metric} "

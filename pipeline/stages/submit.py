@@ -3,7 +3,10 @@
     python -m pipeline submit
 
 Writes submissions/submission.csv with exactly sample_submission's columns and id order, only
-after it passes the same check the upload stage applies. When the competition ships a private
+after it passes the same check the upload stage applies. Its shape is meta.json's
+submission_kind: label (class names, integers where the sample has integers; expected-value
+decoding for qwk), probs (a column per class), binary (P(positive_class)) or tags (space-separated,
+with the per-class thresholds of ensemble/thresholds.json). When the competition ships a private
 solution.csv (the demo does), prints the local leaderboard score into
 submissions/local_score.json (which otherwise says there is none).
 """
@@ -17,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import metrics
-from pipeline.data import read_index
-from pipeline.files import PipelineError, write_csv, write_json
+from pipeline.data import encode_labels, read_index
+from pipeline.files import PipelineError, read_json, write_csv, write_json
 from pipeline.params import load_params
 
 SUBMISSION = Path("submissions/submission.csv")
@@ -32,19 +35,38 @@ def read_sample(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={id_col: str}, keep_default_na=False)
 
 
-def local_score(sub: pd.DataFrame, solution_path: Path, classes: list[str], metric: str) -> dict:
-    """Score against a private solution (id, label) the way the leaderboard would."""
-    solution = pd.read_csv(solution_path, dtype=str)
-    id_col, label_col = sub.columns[:2]
-    merged = solution.set_axis(["id", "truth"], axis=1).merge(
-        sub.astype(str).set_axis(["id", "pred"], axis=1), on="id", how="left"
-    )
-    lookup = {c: i for i, c in enumerate(classes)}
-    onehot = np.eye(len(classes))[merged["pred"].map(lookup).to_numpy()]
-    return {
-        metric: metrics.report(onehot, merged["truth"].map(lookup).to_numpy())[metric],
-        "rows": len(merged),
-    }
+def submission_probs(sub: pd.DataFrame, meta: dict) -> np.ndarray:
+    """The submission read back as class probabilities (N, C) in meta's class order."""
+    classes, kind, col = meta["classes"], meta["submission_kind"], sub.columns[1]
+    if kind == "probs":
+        return sub[classes].to_numpy(dtype=float)
+    if kind == "binary":
+        p = sub[col].to_numpy(dtype=float)
+        return np.where(np.array(classes) == meta["positive_class"], p[:, None], 1 - p[:, None])
+    if kind == "tags":
+        return encode_labels(sub[col].astype(str), classes, "multi_label")
+    return np.eye(len(classes))[encode_labels(sub[col].astype(str), classes, "single_label")]
+
+
+def local_score(sub: pd.DataFrame, solution_path: Path, meta: dict, metric: str) -> dict:
+    """Score against a private solution (id, label or tags) the way the leaderboard would."""
+    solution = pd.read_csv(solution_path, dtype=str, keep_default_na=False)
+    truth = solution.iloc[:, :2].set_axis(["id", "truth"], axis=1)
+    merged = truth.merge(sub.astype({sub.columns[0]: str}), left_on="id", right_on=sub.columns[0])
+    if len(merged) != len(truth):
+        raise PipelineError(
+            f"{solution_path}: {len(truth) - len(merged)} ids not in the submission"
+        )
+    targets = encode_labels(merged["truth"], meta["classes"], meta["task"])
+    probs = submission_probs(merged[list(sub.columns)], meta)
+    return {metric: metrics.value(metric, probs, targets), "rows": len(merged)}
+
+
+def read_thresholds(path: Path, classes: list[str]) -> np.ndarray | None:
+    if not path.exists():
+        raise PipelineError(f"{path}: missing; run `dvc repro ensemble` first")
+    tuned = read_json(path)["thresholds"]
+    return None if tuned is None else np.array([tuned[c] for c in classes])
 
 
 def run(
@@ -52,22 +74,31 @@ def run(
     preds: Path = Path("ensemble/test.csv"),
     out: Path = SUBMISSION,
     raw: Path = Path("data/raw"),
+    thresholds: Path = Path("ensemble/thresholds.json"),
 ) -> None:
     index = read_index()
     sample = read_sample(index.root / "sample_submission.csv")
     if not preds.exists():
         raise PipelineError(f"{preds}: missing; run `dvc repro ensemble` first")
     test = pd.read_csv(preds, dtype={"id": str})
-    kind = index.meta["submission_kind"]
+    meta, classes = index.meta, index.classes
+    kind = meta["submission_kind"]
     sub = metrics.shape_submission(
-        test["id"].tolist(), test[index.classes].to_numpy(), index.classes, sample, kind
+        test["id"].tolist(),
+        test[classes].to_numpy(),
+        classes,
+        sample,
+        kind,
+        metric=metric,
+        positive_class=meta.get("positive_class"),
+        thresholds=read_thresholds(thresholds, classes),
     )
-    metrics.validate_submission(sub, sample, index.classes, kind, source=str(out))
+    metrics.validate_submission(sub, sample, classes, kind, source=str(out))
     write_csv(out, sub)
-    print(f"submit: {len(sub)} rows, columns {list(sub.columns)} -> {out}")
+    print(f"submit: {len(sub)} rows, columns {list(sub.columns)[:6]} ({kind}) -> {out}")
     solution = raw / "solution.csv"
     if solution.exists():
-        score = local_score(sub, solution, index.classes, metric)
+        score = local_score(sub, solution, meta, metric)
         write_json(LOCAL_SCORE, score)
         print(
             f"submit: local leaderboard {metric} {score[metric]:.4f} "
