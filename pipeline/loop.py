@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,7 +234,7 @@ def fit(
         for epoch in range(max(first, start), end):
             loader = acc.prepare(phase.train_loader(epoch, total))
             _train_mode(phase, net)
-            seen, loss_sum = 0, 0.0
+            seen, loss_sum, started = 0, 0.0, time.perf_counter()
             for i, (x, y) in enumerate(loader):
                 step = (epoch - first) * spe + i
                 _set_lrs(opt, phase, peaks, step, phase.epochs * spe, spe, cfg)
@@ -252,6 +253,7 @@ def fit(
                 opt.step()
                 seen += len(y)
                 loss_sum += loss.item() * len(y)
+            images_per_s = seen * acc.num_processes / (time.perf_counter() - started)
             # --- eval
             v_loss, probs, targets = evaluate(net, phase.valid_loader, acc, loss_fn, cfg.task)
             score = metric(probs, targets)
@@ -260,6 +262,7 @@ def fit(
                 "phase": phase.name,
                 "train_loss": loss_sum / seen,
                 "valid_loss": v_loss,
+                "images_per_s": images_per_s,  # training steps only, all processes
                 "valid_metric": score,
                 "lr": peaks[-1],
             }

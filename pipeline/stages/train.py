@@ -246,13 +246,14 @@ def run(
         acc.print(
             f"{name} fold {fold} epoch {row['epoch']:>3} [{row['phase']}] "
             f"train_loss {row['train_loss']:.4f} valid_loss {row['valid_loss']:.4f} "
-            f"valid_{metric_name} {row['valid_metric']:.4f}"
+            f"valid_{metric_name} {row['valid_metric']:.4f} ({row['images_per_s']:.0f} img/s)"
         )
         if live is not None:
             live.log_metric("train_loss", row["train_loss"])
             live.log_metric("valid_loss", row["valid_loss"])
             live.log_metric(f"valid_{metric_name}", row["valid_metric"])
             live.log_metric("peak_lr", row["lr"])
+            live.log_metric("images_per_s", row["images_per_s"])
             live.next_step()
 
     def on_lr_find(phase: str, lrs: list[float], losses: list[float], chosen: float) -> None:
