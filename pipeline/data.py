@@ -1,93 +1,18 @@
-"""The canonical index written by `prepare`, image decoding, the resize-once cache, the dataset and
-the albumentations transforms.
-
-Index on disk (data/prepared/): train.csv (id, path, label), test.csv (id, path), meta.json
-(classes, task, submission shape), sample_submission.csv, and with `prepare.cache_size` set
-train_images.npy / test_images.npy: uint8 arrays (N, S, S, 3) in index row order.
-"""
+"""Training data: the dataset over the index (cache or files), class weights, the balanced
+sampler and the albumentations transforms. The index itself lives in `pipeline.index`."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import albumentations as A
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 from albumentations.pytorch import ToTensorV2
-from PIL import Image
 from sklearn.utils.class_weight import compute_class_weight
 
-from pipeline.files import PipelineError, read_json
+from pipeline.files import PipelineError
+from pipeline.index import Index, encode_labels, load_image, resize
 from pipeline.params import Augment
-
-PREPARED = Path("data/prepared")
-FOLDS = Path("folds/folds.csv")
-
-
-@dataclass(frozen=True)
-class Index:
-    train: pd.DataFrame  # id, path, label
-    test: pd.DataFrame  # id, path
-    meta: dict[str, Any]
-    root: Path
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.meta["classes"])
-
-    def images(self, split: str) -> np.ndarray | None:
-        """The resize-once cache for a split (memory-mapped), or None when prepare made none."""
-        path = self.root / f"{split}_images.npy"
-        return np.load(path, mmap_mode="r") if path.exists() else None
-
-
-def read_index(root: str | Path = PREPARED) -> Index:
-    root = Path(root)
-    for name in ("train.csv", "test.csv", "meta.json"):
-        if not (root / name).exists():
-            raise PipelineError(f"{root / name}: missing; run `dvc repro prepare` first")
-    str_cols = {"id": str, "label": str, "path": str}
-    train = pd.read_csv(root / "train.csv", dtype=str_cols, keep_default_na=False)
-    test = pd.read_csv(root / "test.csv", dtype=str_cols, keep_default_na=False)
-    return Index(train=train, test=test, meta=read_json(root / "meta.json"), root=root)
-
-
-def read_folds(path: Path = FOLDS) -> pd.DataFrame:
-    if not path.exists():
-        raise PipelineError(f"{path}: missing; run `dvc repro folds` first")
-    return pd.read_csv(path, dtype={"id": str, "label": str})
-
-
-def fold_rows(index: Index, folds: pd.DataFrame, fold: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions in index.train of fold `fold`'s training rows and validation rows."""
-    by_id = folds.set_index("id")["fold"]
-    missing = set(index.train["id"]) - set(by_id.index)
-    if missing:
-        raise PipelineError(
-            f"folds/folds.csv: {len(missing)} training ids have no fold (e.g. "
-            f"{sorted(missing)[:3]}); rerun `dvc repro folds`"
-        )
-    f = by_id.loc[index.train["id"]].to_numpy()
-    return np.flatnonzero(f != fold), np.flatnonzero(f == fold)
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """Decode any PIL-readable file to an RGB uint8 array (H, W, 3)."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def resize(img: np.ndarray, size: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    if (h, w) == (size, size):
-        return img
-    # area averaging when shrinking avoids aliasing; cubic when enlarging keeps edges smooth
-    interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_CUBIC
-    return cv2.resize(img, (size, size), interpolation=interp)
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -116,17 +41,6 @@ class ImageDataset(torch.utils.data.Dataset):
         img = self.cache[self.rows[i]] if self.cache is not None else load_image(self.paths[i])
         x = self.transform(image=resize(np.asarray(img), self.size))["image"]
         return x, (self.labels[i] if self.labels is not None else -1)
-
-
-def encode_labels(labels: pd.Series, classes: list[str], task: str) -> np.ndarray:
-    """Class ids (N,) for single-label; multi-hot float32 (N, C) for space-separated tags."""
-    lookup = {c: k for k, c in enumerate(classes)}
-    if task == "multi_label":
-        out = np.zeros((len(labels), len(classes)), dtype=np.float32)
-        for i, tags in enumerate(labels):
-            out[i, [lookup[t] for t in str(tags).split()]] = 1.0
-        return out
-    return labels.map(lookup).to_numpy(dtype=np.int64, copy=True)  # writable for torch
 
 
 def class_weights(targets: np.ndarray, n_classes: int, kind: str, beta: float) -> np.ndarray | None:

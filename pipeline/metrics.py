@@ -47,6 +47,30 @@ def decode_labels(probs: np.ndarray, metric: str) -> np.ndarray:
     return probs.argmax(1)
 
 
+def confusion_pairs(
+    probs: np.ndarray, targets: np.ndarray, classes: list[str], metric: str, thresholds
+) -> pd.DataFrame:
+    """(actual, predicted) rows for DVC's confusion template.
+
+    Single-label: one row per image, the prediction decoded as for the metric. Multi-label: one
+    row per true tag (predicted: the tag itself when it was predicted, else "(missed)") and one
+    per wrongly predicted tag (actual "(none)").
+    """
+    names = np.array(classes)
+    if targets.ndim == 1:
+        return pd.DataFrame(
+            {"actual": names[targets.astype(int)], "predicted": names[decode_labels(probs, metric)]}
+        )
+    pred, true = decide_tags(probs, thresholds), targets > 0.5
+    rows = []
+    for p_row, t_row in zip(pred, true, strict=True):
+        rows += [
+            (c, c if p else "(missed)") for c, p in zip(names[t_row], p_row[t_row], strict=True)
+        ]
+        rows += [("(none)", c) for c in names[p_row & ~t_row]]
+    return pd.DataFrame(rows, columns=["actual", "predicted"])
+
+
 def _decisions(probs: np.ndarray, targets: np.ndarray, thresholds) -> tuple[np.ndarray, np.ndarray]:
     """(predicted, true) as (N, C) bool for either task."""
     if targets.ndim == 2:

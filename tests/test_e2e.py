@@ -26,6 +26,8 @@ def test_dvc_repro_end_to_end(project, tiny_comp):
     assert set(sub["label"]) <= {"cat", "dog", "fox"}
     assert (project.path / "models/resnet10t/fold1/model.safetensors").exists()
     assert "accuracy" in project.run(["dvc", "metrics", "show"]).stdout
+    plots = project.run(["dvc", "plots", "show", "--json"]).stdout
+    assert "metrics/confusion.csv" in plots and "plots/metrics/valid_loss.tsv" in plots
 
     # nothing changed: nothing runs
     assert ran(project.run(["dvc", "repro"])) == []

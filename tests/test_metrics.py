@@ -122,3 +122,20 @@ def test_tuning_finds_a_low_threshold_for_an_under_confident_tag():
 def test_probability_metrics_keep_half():
     probs, y = multi(1)
     assert metrics.tune_thresholds("roc_auc", probs, y).tolist() == [0.5] * 5
+
+
+def test_confusion_pairs_single_and_multi_label():
+    from pipeline.metrics import confusion_pairs
+
+    probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    pairs = confusion_pairs(probs, np.array([0, 1, 1]), ["cat", "dog"], "accuracy", None)
+    assert pairs.values.tolist() == [["cat", "cat"], ["dog", "dog"], ["dog", "cat"]]
+    tags = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    probs = np.array([[0.9, 0.6, 0.1], [0.2, 0.8, 0.1]])
+    pairs = confusion_pairs(probs, tags, ["a", "b", "c"], "f2_samples", np.full(3, 0.5))
+    assert sorted(map(tuple, pairs.values.tolist())) == [
+        ("(none)", "b"),
+        ("a", "a"),
+        ("b", "b"),
+        ("c", "(missed)"),
+    ]

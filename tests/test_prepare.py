@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.data import load_image, read_index
 from pipeline.files import PipelineError
+from pipeline.index import load_image, read_index
 from pipeline.params import Prepare
 from pipeline.stages.prepare import run
 from tests import layout_fixtures as lf

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.data import read_index
 from pipeline.files import PipelineError
+from pipeline.index import read_index
 from pipeline.metrics import shape_submission, validate_submission
 from pipeline.params import Prepare
 from pipeline.stages import ensemble, prepare, submit

@@ -7,7 +7,8 @@ averaged. Test: the mean over every fold and backbone. Multi-label: per-class de
 are tuned on the OOF blend to maximise competition.metric (never worse than 0.5 there). Writes
 ensemble/{oof,test}.csv, ensemble/thresholds.json ({metric, thresholds: {class: t} or null}) and
 metrics/cv.json (`dvc metrics show` prints it): the metric, its CV value, every applicable
-metric, the value per backbone and, for multi-label, every metric at threshold 0.5.
+metric, the value per backbone and, for multi-label, every metric at threshold 0.5; and
+metrics/confusion.csv (actual, predicted), the OOF confusion matrix of `dvc plots show`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import metrics
-from pipeline.data import encode_labels, read_index
 from pipeline.files import PipelineError, atomic_dir, write_csv, write_json
+from pipeline.index import encode_labels, read_index
 from pipeline.params import load_params
 
 
@@ -43,6 +44,7 @@ def run(
     preds: Path = Path("preds"),
     out: Path = Path("ensemble"),
     out_metrics: Path = Path("metrics/cv.json"),
+    out_confusion: Path = Path("metrics/confusion.csv"),
 ) -> dict:
     index = read_index()
     classes = index.classes
@@ -78,6 +80,8 @@ def run(
         write_csv(tmp / "test.csv", test.reset_index())
         write_json(tmp / "thresholds.json", decision)
     write_json(out_metrics, cv)
+    confusion = metrics.confusion_pairs(oof.to_numpy(), targets, classes, metric, thresholds)
+    write_csv(out_confusion, confusion)
     print(
         f"ensemble: {len(backbones)} backbone(s) x {len(folds)} folds, CV {metric} "
         f"{report[metric]:.4f} ({', '.join(f'{k} {v:.4f}' for k, v in report.items())})"

@@ -18,8 +18,8 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 
-from pipeline.data import FOLDS, encode_labels, read_index
 from pipeline.files import PipelineError, write_csv
+from pipeline.index import FOLDS, encode_labels, read_index
 from pipeline.params import load_params
 
 

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import model
-from pipeline.data import build_transforms, fold_rows, read_folds, read_index, split_dataset
+from pipeline.data import build_transforms, split_dataset
 from pipeline.files import write_csv
+from pipeline.index import fold_rows, read_folds, read_index
 from pipeline.loop import probabilities
 from pipeline.params import Tta, load_params
 

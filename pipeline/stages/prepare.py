@@ -27,8 +27,8 @@ import pandas as pd
 from PIL import Image
 
 from pipeline import layouts, metrics
-from pipeline.data import PREPARED, load_image, resize
 from pipeline.files import PipelineError, atomic_dir, write_csv, write_json
+from pipeline.index import PREPARED, load_image, resize
 from pipeline.params import Competition, Prepare, load_params
 
 RAW = Path("data/raw")

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import metrics
-from pipeline.data import encode_labels, read_index
 from pipeline.files import PipelineError, read_json, write_csv, write_json
+from pipeline.index import encode_labels, read_index
 from pipeline.params import load_params
 
 SUBMISSION = Path("submissions/submission.csv")

@@ -32,18 +32,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline import metrics, model, schedules
-from pipeline.data import (
-    FOLDS,
-    balanced_sampler,
-    build_transforms,
-    class_weights,
-    encode_labels,
-    fold_rows,
-    read_folds,
-    read_index,
-    split_dataset,
-)
+from pipeline.data import balanced_sampler, build_transforms, class_weights, split_dataset
 from pipeline.files import atomic_path
+from pipeline.index import FOLDS, encode_labels, fold_rows, read_folds, read_index
 from pipeline.loop import LoopConfig, Phase, fit
 from pipeline.params import Params, load_params
 
