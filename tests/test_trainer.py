@@ -314,3 +314,24 @@ def test_input_size_and_normalisation_follow_timm_unless_overridden():
     assert model.data_config(net) == {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
     mine = model.data_config(net, [0.5, 0.5, 0.5], [0.2, 0.2, 0.2])
     assert mine == {"mean": (0.5, 0.5, 0.5), "std": (0.2, 0.2, 0.2)}
+
+
+def test_sgdr_saves_a_snapshot_at_the_end_of_every_cycle(workdir):
+    p = parse_params(
+        tiny_params({"train": {"schedule": "sgdr", "epochs": 3, "cycle_len": 1, "cycle_mult": 2}})
+    )
+    train.run(p, "resnet10t", 0)
+    snaps = sorted(f.name for f in (workdir / "models/resnet10t/fold0/snapshots").iterdir())
+    assert snaps == ["cycle0.safetensors", "cycle1.safetensors"]  # cycles end at epochs 1 and 3
+    last = load_file(str(workdir / "models/resnet10t/fold0/snapshots/cycle1.safetensors"))
+    assert last["fc.weight"].shape == (3, 512)
+
+
+def test_balanced_sampler_draws_every_class_equally_often():
+    from pipeline.data import balanced_sampler
+
+    targets = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    drawn = targets[list(balanced_sampler(targets, seed=0))]
+    counts = np.bincount(drawn, minlength=3) / len(drawn)
+    assert counts == pytest.approx([1 / 3] * 3, abs=0.05)
+    assert list(balanced_sampler(targets, seed=0)) == list(balanced_sampler(targets, seed=0))
