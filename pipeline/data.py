@@ -97,10 +97,12 @@ def build_transforms(
     aug: Augment | None,
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    seed: int | None = None,
 ) -> A.Compose:
     """One pipeline for every split; `strength` scales every random transform (0 = none).
 
-    `split` is "train" (random augmentation) or anything else (normalise only).
+    `split` is "train" (random augmentation) or anything else (normalise only). `seed` makes the
+    random draws repeatable (albumentations keeps its own generator, apart from torch's).
     """
     tail = [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
     if split != "train" or strength <= 0 or aug is None:
@@ -124,4 +126,4 @@ def build_transforms(
     if aug.brightness:
         b = aug.brightness * s
         ops.append(A.RandomBrightnessContrast(brightness_limit=b, contrast_limit=b, p=0.5))
-    return A.Compose(ops + tail)
+    return A.Compose(ops + tail, seed=seed)

@@ -335,3 +335,12 @@ def test_balanced_sampler_draws_every_class_equally_often():
     counts = np.bincount(drawn, minlength=3) / len(drawn)
     assert counts == pytest.approx([1 / 3] * 3, abs=0.05)
     assert list(balanced_sampler(targets, seed=0)) == list(balanced_sampler(targets, seed=0))
+
+
+def test_same_params_same_weights(workdir):
+    p = parse_params(tiny_params({"train": {"epochs": 2}}))
+    weights = []
+    for _ in range(2):
+        train.run(p, "resnet10t", 1)
+        weights.append(load_file(str(workdir / "models/resnet10t/fold1/model.safetensors")))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -51,6 +51,11 @@ def fingerprint(p: Params, name: str, fold: int, *files: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def epoch_seed(seed: int, fold: int, epoch: int) -> int:
+    """Seed of one epoch's shuffling and augmentation: the same draws again after a resume."""
+    return int(np.random.SeedSequence([seed, fold, epoch]).generate_state(1)[0])
+
+
 def optimizer_groups(name: str, params: list[nn.Parameter], lr: float, wd: float) -> list[dict]:
     """A layer group as two optimizer groups: weight decay on weights, none on norms/biases."""
     decay = [p for p in params if p.ndim > 1]
@@ -116,10 +121,9 @@ def run(
     def train_loader(epoch: int, total: int) -> torch.utils.data.DataLoader:
         # augmentation grows harsher over training: strength is a pure function of the epoch
         strength = schedules.linear(epoch, total, p.augment.strength_start, p.augment.strength_end)
-        ds = split_dataset(
-            index, "train", train_rows, build_transforms("train", strength, p.augment, **norm), size
-        )
-        seed = p.base.seed * 1000 + epoch  # the same order after a resume
+        seed = epoch_seed(p.base.seed, fold, epoch)
+        tf = build_transforms("train", strength, p.augment, **norm, seed=seed)
+        ds = split_dataset(index, "train", train_rows, tf, size)
         sampler = balanced_sampler(targets, seed) if tc.sampler == "balanced" else None
         g = torch.Generator().manual_seed(seed)
         return torch.utils.data.DataLoader(
@@ -166,7 +170,7 @@ def run(
             feats = torch.utils.data.TensorDataset(f_train, torch.as_tensor(targets))
 
             def feature_loader(epoch: int, total: int) -> torch.utils.data.DataLoader:
-                g = torch.Generator().manual_seed(p.base.seed * 1000 + epoch)
+                g = torch.Generator().manual_seed(epoch_seed(p.base.seed, fold, epoch))
                 return torch.utils.data.DataLoader(
                     feats,
                     batch_size=tc.batch_size,
