@@ -54,7 +54,7 @@ def read_index(root: str | Path = PREPARED) -> Index:
 def read_folds(path: Path = FOLDS) -> pd.DataFrame:
     if not path.exists():
         raise PipelineError(f"{path}: missing; run `dvc repro folds` first")
-    return pd.read_csv(path, dtype={"id": str, "label": str})
+    return pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
 
 
 def fold_rows(index: Index, folds: pd.DataFrame, fold: int) -> tuple[np.ndarray, np.ndarray]:

@@ -307,7 +307,7 @@ def validate_submission(
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} unknown (e.g. {extra[:3]})"
         )
     for col in sub.columns[1:]:
-        bad = sub[col].isna()
+        bad = sub[col].isna() | (sub[col].astype(str).str.strip() == "")
         if bad.any():
             raise PipelineError(
                 f"{source}: column '{col}' is empty at row {int(np.argmax(bad)) + 2}"

@@ -8,12 +8,24 @@ and each stage then reads only the sections it declares in dvc.yaml.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.files import PipelineError
+
+Count = Annotated[int, Field(ge=0)]  # epochs, workers, attempts: zero allowed
+Size = Annotated[int, Field(ge=1)]  # batch sizes, steps, cycle lengths
+Pos = Annotated[float, Field(gt=0)]  # learning rates, divisors
+Frac = Annotated[float, Field(ge=0, lt=1)]  # label smoothing, beta
 
 
 class Section(BaseModel):
@@ -23,7 +35,7 @@ class Section(BaseModel):
 class Base(Section):
     seed: int
     folds: list[int]  # fold ids; dvc.yaml fans train/predict out over this list
-    image_size: int | None  # px, square network input; None: the backbone's default input size
+    image_size: Size | None  # px, square network input; None: the backbone's default input size
 
     @field_validator("folds")
     @classmethod
@@ -51,7 +63,7 @@ class Competition(Section):
 
 
 class Prepare(Section):
-    cache_size: int | None  # px; resize once into a uint8 array, None: decode every epoch
+    cache_size: Size | None  # px; resize once into a uint8 array, None: decode every epoch
 
 
 class Model(Section):
@@ -70,37 +82,39 @@ class Model(Section):
 
 
 class Head(Section):
-    epochs: int  # epochs with everything but the head frozen (0: skip the phase)
-    lr: float | Literal["auto"]  # peak LR of the head phase; auto: LR range test
+    epochs: Count  # epochs with everything but the head frozen (0: skip the phase)
+    lr: Pos | Literal["auto"]  # peak LR of the head phase; auto: LR range test
     train_bn: bool  # BatchNorm of frozen groups keeps training (fastai's default)
     precompute: bool  # train the head on backbone features computed once (frozen BN, no aug)
 
 
 class LrFind(Section):
-    start: float  # first LR of the exponential sweep
-    end: float  # last LR
-    steps: int  # batches in the sweep (stops early once the loss diverges)
+    start: Pos  # first LR of the exponential sweep
+    end: Pos  # last LR
+    steps: Annotated[int, Field(ge=3)]  # batches in the sweep (stops early once the loss diverges)
     suggestion: Literal["valley", "minimum", "steepest"]  # minimum: LR at lowest loss / 10
 
 
 class Train(Section):
     backbones: list[str]  # timm model names; dvc.yaml fans out over backbones x folds
-    epochs: int  # epochs of the unfrozen phase
-    batch_size: int
-    lr: float | Literal["auto"]  # peak LR of the head group; auto: LR range test
-    lr_mult: float  # first layer group's LR = lr / lr_mult, geometric in between
+    epochs: Count  # epochs of the unfrozen phase
+    batch_size: Size
+    lr: Pos | Literal["auto"]  # peak LR of the head group; auto: LR range test
+    lr_mult: Annotated[
+        float, Field(ge=1)
+    ]  # first layer group's LR = lr / lr_mult, geometric in between
     schedule: Literal["one_cycle", "sgdr"]
-    pct_start: float  # one_cycle: fraction of steps spent warming up
-    div: float  # one_cycle: start lr = lr / div
-    final_div: float  # one_cycle: end lr = lr / final_div (also sgdr's floor)
-    cycle_len: int  # sgdr: epochs in the first cycle
-    cycle_mult: int  # sgdr: each cycle is this many times longer than the last
-    weight_decay: float  # AdamW, decoupled; never on norms and biases
+    pct_start: Annotated[float, Field(gt=0, lt=1)]  # one_cycle: fraction of steps spent warming up
+    div: Pos  # one_cycle: start lr = lr / div
+    final_div: Pos  # one_cycle: end lr = lr / final_div (also sgdr's floor)
+    cycle_len: Size  # sgdr: epochs in the first cycle
+    cycle_mult: Size  # sgdr: each cycle is this many times longer than the last
+    weight_decay: Annotated[float, Field(ge=0)]  # AdamW, decoupled; never on norms and biases
     class_weights: Literal["none", "balanced", "effective"]
-    effective_beta: float  # class_weights: effective — (1 - beta) / (1 - beta ** n_class)
+    effective_beta: Frac  # class_weights: effective — (1 - beta) / (1 - beta ** n_class)
     sampler: Literal["shuffle", "balanced"]  # balanced: draw every class equally often
-    label_smoothing: float
-    num_workers: int
+    label_smoothing: Frac
+    num_workers: Count
     mixed_precision: Literal["no", "bf16", "fp16"]  # autocast on GPU only
 
 
@@ -117,7 +131,7 @@ class Augment(Section):
 
 class Tta(Section):
     views: list[Literal["basic", "hflip", "vflip", "shift"]]
-    batch_size: int
+    batch_size: Size
 
     @field_validator("views")
     @classmethod
@@ -130,8 +144,8 @@ class Tta(Section):
 class Upload(Section):
     enabled: bool  # false: write a "skipped" receipt; true: really submit with the Kaggle CLI
     message: str | None  # None: CV score, backbones and git revision
-    poll_attempts: int  # times to ask Kaggle for the score before giving up (status: pending)
-    poll_interval_s: float
+    poll_attempts: Count  # times to ask Kaggle for the score before giving up (status: pending)
+    poll_interval_s: Annotated[float, Field(ge=0)]
 
 
 class Params(Section):
@@ -146,9 +160,30 @@ class Params(Section):
     tta: Tta
     upload: Upload
 
+    @model_validator(mode="after")
+    def _across_sections(self) -> Params:
+        if self.head.epochs + self.train.epochs < 1:
+            raise ValueError("head.epochs + train.epochs must be at least 1")
+        if self.lr_find.end <= self.lr_find.start:
+            raise ValueError("lr_find.end must be larger than lr_find.start")
+        return self
+
 
 def _where(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc)
+    """The params key of an error location, without pydantic's union-branch names."""
+    parts, model = [], Params
+    for item in loc:
+        fields = getattr(model, "model_fields", {})
+        if isinstance(item, str) and item in fields:
+            parts.append(item)
+            model = fields[item].annotation
+        elif isinstance(item, int) and parts:
+            parts.append(str(item))  # position in a list
+        else:
+            if fields and isinstance(item, str):
+                parts.append(item)  # a key the section does not have
+            break
+    return ".".join(parts)
 
 
 def parse_params(raw: object, source: str = "params.yaml") -> Params:
@@ -160,13 +195,16 @@ def parse_params(raw: object, source: str = "params.yaml") -> Params:
         lines = []
         for err in e.errors():
             key = _where(err["loc"])
-            if err["type"] == "extra_forbidden":
+            if not key:  # a rule across sections
+                lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
+            elif err["type"] == "extra_forbidden":
                 lines.append(f"{source}: unknown key '{key}'")
             elif err["type"] == "missing":
                 lines.append(f"{source}: missing key '{key}'")
             else:
                 lines.append(f"{source}: key '{key}': {err['msg']} (got {err['input']!r})")
-        raise PipelineError("\n".join(lines)) from None
+        # a union (e.g. a number or "auto") fails once per branch: say each only once
+        raise PipelineError("\n".join(dict.fromkeys(lines))) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -63,3 +63,32 @@ def test_load_names_the_file(tmp_path):
         load_params(path)
     with pytest.raises(PipelineError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        (
+            "train",
+            "batch_size",
+            0,
+            r"'train\.batch_size': Input should be greater than or equal to 1",
+        ),
+        ("train", "cycle_len", 0, r"'train\.cycle_len'"),
+        ("train", "lr", -0.1, r"'train\.lr'"),
+        ("train", "label_smoothing", 1.0, r"'train\.label_smoothing'"),
+        ("lr_find", "steps", 2, r"'lr_find\.steps'"),
+    ],
+)
+def test_out_of_range_values_are_named(raw, section, key, value, message):
+    bad = copy.deepcopy(raw)
+    bad[section][key] = value
+    with pytest.raises(PipelineError, match=message):
+        parse_params(bad)
+
+
+def test_rules_across_sections(raw):
+    bad = copy.deepcopy(raw)
+    bad["head"]["epochs"], bad["train"]["epochs"] = 0, 0
+    with pytest.raises(PipelineError, match=r"head\.epochs \+ train\.epochs must be at least 1"):
+        parse_params(bad)

@@ -59,3 +59,12 @@ def test_multi_label_probabilities_are_per_class_sigmoids():
     torch.testing.assert_close(torch.from_numpy(probs), net(x).detach().sigmoid())
     single = predict_tta(net, loader(x), ["basic"])
     torch.testing.assert_close(torch.from_numpy(single).sum(1), torch.ones(6))
+
+
+def test_each_view_weighs_the_same_however_many_batches_it_feeds():
+    x = torch.zeros(2, 3, 8, 8)
+    x[..., :4] = 1.0  # bright left half: LeftHalf gives [1, 0] as logits on the plain view
+    plain = predict_tta(LeftHalf(), loader(x), ["basic"])
+    shifted = predict_tta(LeftHalf(), loader(x), ["shift"])
+    both = predict_tta(LeftHalf(), loader(x), ["basic", "shift"])
+    torch.testing.assert_close(torch.from_numpy(both), torch.from_numpy((plain + shifted) / 2))

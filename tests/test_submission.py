@@ -164,3 +164,15 @@ def test_ensemble_and_submit_stages_shape_like_the_sample(tmp_path, monkeypatch,
     else:  # P(1): the sample's integer 0 column becomes a probability
         np.testing.assert_allclose(sub["label"], blend["1"], atol=1e-9)
         assert (sub["label"] > 0).all() and (sub["label"] < 1).all()
+
+
+def test_text_read_submission_keeps_na_like_ids_and_flags_blank_cells(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("id,label\nNA,None\nnull,cat\n")
+    sample = pd.DataFrame({"id": ["NA", "null"], "label": ["cat", "cat"]})
+    sub = pd.read_csv(path, dtype=str, keep_default_na=False)
+    validate_submission(sub, sample, ["cat", "None"], "label", str(path))
+    path.write_text("id,label\nNA, \nnull,cat\n")
+    blank = pd.read_csv(path, dtype=str, keep_default_na=False)
+    with pytest.raises(PipelineError, match="column 'label' is empty at row 2"):
+        validate_submission(blank, sample, ["cat", "None"], "label", str(path))

@@ -27,7 +27,7 @@ from pipeline.params import load_params
 def read_preds(path: Path, classes: list[str]) -> pd.DataFrame:
     if not path.exists():
         raise PipelineError(f"{path}: missing; run `dvc repro predict` first")
-    frame = pd.read_csv(path, dtype={"id": str}).set_index("id")
+    frame = pd.read_csv(path, dtype={"id": str}, keep_default_na=False).set_index("id")
     return frame[classes]
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from pipeline import model
 from pipeline.data import build_transforms, split_dataset
-from pipeline.files import write_csv
+from pipeline.files import atomic_dir, write_csv
 from pipeline.index import fold_rows, read_folds, read_index
 from pipeline.loop import probabilities
 from pipeline.params import Tta, load_params
@@ -49,14 +49,24 @@ VIEWS: dict[str, Callable[[torch.Tensor], list[torch.Tensor]]] = {
 
 
 def predict_tta(
-    net: torch.nn.Module, loader, views: list[str], task: str = "single_label"
+    net: torch.nn.Module,
+    loader,
+    views: list[str],
+    task: str = "single_label",
+    device: torch.device | None = None,
 ) -> np.ndarray:
-    """Mean probabilities (softmax, or sigmoid for multi-label) over every view's batches."""
+    """Probabilities (softmax, or sigmoid for multi-label) averaged over the named views, each
+    view weighing the same however many batches it feeds the model (shift feeds four)."""
+    device = device or torch.device("cpu")
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
         for x, _ in loader:
-            batches = [b for v in views for b in VIEWS[v](x)]
-            out.append(torch.stack([probabilities(net(b).float(), task) for b in batches]).mean(0))
+            x = x.to(device)
+            per_view = [
+                torch.stack([probabilities(net(b).float(), task) for b in VIEWS[v](x)]).mean(0)
+                for v in views
+            ]
+            out.append(torch.stack(per_view).mean(0).cpu())
     return torch.cat(out).numpy()
 
 
@@ -68,20 +78,23 @@ def run(
     preds_dir: Path = Path("preds"),
 ) -> None:
     net, info = model.load(models_dir / name / f"fold{fold}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = net.to(device, memory_format=torch.channels_last) if device.type == "cuda" else net
     index = read_index()
     _, valid_rows = fold_rows(index, read_folds(), fold)
     tf = build_transforms("valid", 0, None, tuple(info["mean"]), tuple(info["std"]))
     out = preds_dir / name / f"fold{fold}"
-    for split, rows, ids in (
-        ("train", valid_rows, index.train["id"].iloc[valid_rows]),
-        ("test", np.arange(len(index.test)), index.test["id"]),
-    ):
-        ds = split_dataset(index, split, rows, tf, info["image_size"])
-        loader = torch.utils.data.DataLoader(ds, batch_size=tta.batch_size)
-        probs = predict_tta(net, loader, tta.views, info.get("task", "single_label"))
-        frame = pd.DataFrame(probs, columns=info["classes"])
-        frame.insert(0, "id", ids.to_numpy())
-        write_csv(out / ("oof.csv" if split == "train" else "test.csv"), frame)
+    with atomic_dir(out) as tmp:  # oof.csv and test.csv appear together or not at all
+        for split, rows, ids in (
+            ("train", valid_rows, index.train["id"].iloc[valid_rows]),
+            ("test", np.arange(len(index.test)), index.test["id"]),
+        ):
+            ds = split_dataset(index, split, rows, tf, info["image_size"])
+            loader = torch.utils.data.DataLoader(ds, batch_size=tta.batch_size)
+            probs = predict_tta(net, loader, tta.views, info["task"], device)
+            frame = pd.DataFrame(probs, columns=info["classes"])
+            frame.insert(0, "id", ids.to_numpy())
+            write_csv(tmp / ("oof.csv" if split == "train" else "test.csv"), frame)
     print(
         f"predict: {name} fold {fold}, {len(valid_rows)} oof + {len(index.test)} test rows, "
         f"TTA views {tta.views} -> {out}/"

@@ -80,7 +80,7 @@ def run(
     sample = read_sample(index.root / "sample_submission.csv")
     if not preds.exists():
         raise PipelineError(f"{preds}: missing; run `dvc repro ensemble` first")
-    test = pd.read_csv(preds, dtype={"id": str})
+    test = pd.read_csv(preds, dtype={"id": str}, keep_default_na=False)
     meta, classes = index.meta, index.classes
     kind = meta["submission_kind"]
     sub = metrics.shape_submission(

@@ -33,10 +33,10 @@ from torch import nn
 
 from pipeline import metrics, model, schedules
 from pipeline.data import balanced_sampler, build_transforms, class_weights, split_dataset
-from pipeline.files import atomic_path
+from pipeline.files import PipelineError, atomic_path
 from pipeline.index import FOLDS, encode_labels, fold_rows, read_folds, read_index
 from pipeline.loop import LoopConfig, Phase, fit
-from pipeline.params import Params, load_params
+from pipeline.params import Params, Train, load_params
 
 SECTIONS = ("base", "model", "head", "lr_find", "train", "augment")  # what shapes the weights
 
@@ -45,10 +45,28 @@ def fingerprint(p: Params, name: str, fold: int, *files: Path) -> str:
     """Hash of every param and input file that shapes this run: resume only on an exact match."""
     h = hashlib.sha256()
     sections = {k: getattr(p, k).model_dump() for k in SECTIONS}
+    sections["train"] = p.train.model_dump(exclude={"backbones", "num_workers"})  # no effect
+    sections["base"] = p.base.model_dump(exclude={"folds"})  # folds.csv itself is hashed
     h.update(json.dumps([sections, p.competition.metric, name, fold], sort_keys=True).encode())
     for f in files:
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def check_task_settings(tc: Train, task: str) -> None:
+    """Settings that only make sense for single-label tasks stop a multi-label run, named."""
+    if task != "multi_label":
+        return
+    for key, value, ok in (
+        ("train.sampler", tc.sampler, "shuffle"),
+        ("train.class_weights", tc.class_weights, ("none", "balanced")),
+        ("train.label_smoothing", tc.label_smoothing, 0.0),
+    ):
+        if value != ok and value not in (ok if isinstance(ok, tuple) else ()):
+            raise PipelineError(
+                f"params.yaml: {key}: {value!r} is for single-label tasks; this competition is "
+                f"multi-label (use {ok!r})"
+            )
 
 
 def epoch_seed(seed: int, fold: int, epoch: int) -> int:
@@ -104,6 +122,7 @@ def run(
     set_seed(p.base.seed + fold)
     index = read_index()
     task, classes = index.meta.get("task", "single_label"), index.classes
+    check_task_settings(tc, task)
     train_rows, valid_rows = fold_rows(index, read_folds(), fold)
     net = model.create(name, len(classes), p.model.pretrained, p.model.drop_rate)
     if gpu:

@@ -88,8 +88,9 @@ def validate(submission: Path, prepared_dir: Path) -> None:
     if not submission.exists():
         raise PipelineError(f"{submission}: not found (run `dvc repro submit` first)")
     meta = read_json(prepared_dir / "meta.json")
-    sample = pd.read_csv(prepared_dir / "sample_submission.csv")
-    sub = pd.read_csv(submission)
+    # everything as text, as written: ids or classes such as "NA" or "None" stay themselves
+    sample = pd.read_csv(prepared_dir / "sample_submission.csv", dtype=str, keep_default_na=False)
+    sub = pd.read_csv(submission, dtype=str, keep_default_na=False)
     validate_submission(sub, sample, meta["classes"], meta["submission_kind"], str(submission))
 
 
