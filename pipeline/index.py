@@ -60,6 +60,8 @@ def read_folds(path: Path = FOLDS) -> pd.DataFrame:
 def fold_rows(index: Index, folds: pd.DataFrame, fold: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions in index.train of fold `fold`'s training rows and validation rows."""
     by_id = folds.set_index("id")["fold"]
+    if not by_id.index.is_unique:
+        raise PipelineError("folds/folds.csv: ids repeat; rerun `dvc repro prepare folds`")
     missing = set(index.train["id"]) - set(by_id.index)
     if missing:
         raise PipelineError(

@@ -85,9 +85,19 @@ def images_in(folder: Path, recursive: bool = True) -> list[Path]:
 
 
 def image_lookup(folders: list[Path]) -> dict[str, Path]:
-    """{file name: path} and {file name without suffix: path} for every image in `folders`."""
+    """{file name: path} and {file name without suffix: path} for every image in `folders`.
+
+    Two files answering to one id (planet's train-jpg/x.jpg beside train-tif-v2/x.tif) would
+    make the choice silent, so that stops with both names."""
     files = [p for f in folders for p in images_in(f)]
-    by_stem = {p.stem: p for p in files}
+    by_stem: dict[str, Path] = {}
+    for p in files:
+        other = by_stem.setdefault(p.stem, p)
+        if other != p:
+            raise PipelineError(
+                f"two images for id '{p.stem}': {other} and {p}; keep one image folder in "
+                "data/raw (e.g. download only the files you train on with competition.files)"
+            )
     return {**by_stem, **{p.name: p for p in files}}
 
 
@@ -222,6 +232,18 @@ def _check_column(name: str | None, labels: pd.DataFrame, key: str, path: Path) 
         )
 
 
+def check_unique_ids(ids: pd.Series, path: Path) -> None:
+    """Each id once: a repeated id would train and validate on the same image."""
+    dup = ids[ids.duplicated(keep=False)]
+    if len(dup):
+        first = dup.iloc[0]
+        rows = [i + 2 for i in ids.index[ids == first][:5]]
+        raise PipelineError(
+            f"{path}: id '{first}' appears {int((ids == first).sum())} times (rows {rows}); "
+            f"{dup.nunique()} id(s) repeat"
+        )
+
+
 def _check_labels(train: pd.DataFrame, path: Path) -> None:
     empty = train.index[train["label"].str.strip() == ""]
     if len(empty):
@@ -248,6 +270,7 @@ def read_csv_layout(raw: Path, comp: Competition, sample: pd.DataFrame, sample_p
     taken = {id_col, comp.group_column} - {None}
     label_col = comp.label_column or guess_label_column(labels, taken, sample, path)
     train = pd.DataFrame({"id": labels[id_col], "label": labels[label_col].str.strip()})
+    check_unique_ids(train["id"], path)
     _check_labels(train, path)
     train["label"] = [" ".join(lab.split()) for lab in train["label"]]  # one space between tags
     if comp.group_column:
@@ -395,6 +418,7 @@ def read(raw: Path, comp: Competition) -> Layout:
     name = comp.layout if comp.layout != "auto" else detect(raw)
     sample_path = find_sample_submission(raw)
     sample = read_csv(sample_path)
+    check_unique_ids(sample.iloc[:, 0], sample_path)
     if sample.shape[1] < 2:
         raise PipelineError(
             f"{sample_path}: columns {list(sample.columns)}; expected an id column and at least "

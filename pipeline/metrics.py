@@ -263,8 +263,9 @@ def shape_submission(
     if kind == "label":
         col = sample.columns[1]
         names = np.array(classes, dtype=object)[decode_labels(ordered.to_numpy(), metric)]
-        # integer class names stay integers, as sample_submission has them
-        out[col] = names.astype(int) if _is_integer(sample[col]) else names
+        # integers where the sample has integers, provided the classes are integers too
+        as_int = _is_integer(sample[col]) and all(str(c).lstrip("-").isdigit() for c in classes)
+        out[col] = names.astype(int) if as_int else names
     elif kind == "probs":
         unknown = [c for c in sample.columns[1:] if c not in classes]
         if unknown:

@@ -110,3 +110,31 @@ def test_metric_of_the_other_task_stops_prepare(tmp_path):
     with pytest.raises(PipelineError, match="'f2_samples' applies to multi_label tasks"):
         run(Prepare(cache_size=None), competition(metric="f2_samples"), raw=raw, out=tmp_path / "p")
     assert not (tmp_path / "p").exists()
+
+
+def test_repeated_training_id_names_its_rows(tiny_comp, tmp_path):
+    train = pd.read_csv(tiny_comp / "train.csv")
+    train.loc[5, "id"] = train.loc[1, "id"]
+    train.to_csv(tiny_comp / "train.csv", index=False)
+    _expect_failure(
+        tiny_comp,
+        tmp_path / "prepared",
+        r"train\.csv: id 'tr001' appears 2 times \(rows \[3, 7\]\)",
+    )
+
+
+def test_repeated_sample_id_is_named(tiny_comp, tmp_path):
+    sample = pd.read_csv(tiny_comp / "sample_submission.csv")
+    sample.loc[3, "id"] = sample.loc[0, "id"]
+    sample.to_csv(tiny_comp / "sample_submission.csv", index=False)
+    _expect_failure(
+        tiny_comp, tmp_path / "prepared", r"sample_submission\.csv: id '.*' appears 2 times"
+    )
+
+
+def test_two_images_for_one_id_are_named(tiny_comp, tmp_path):
+    (tiny_comp / "train_extra").mkdir()
+    (tiny_comp / "train_extra" / "tr003.jpg").write_bytes(
+        (tiny_comp / "train" / "tr003.png").read_bytes()
+    )
+    _expect_failure(tiny_comp, tmp_path / "prepared", r"two images for id 'tr003'")

@@ -176,3 +176,27 @@ def test_text_read_submission_keeps_na_like_ids_and_flags_blank_cells(tmp_path):
     blank = pd.read_csv(path, dtype=str, keep_default_na=False)
     with pytest.raises(PipelineError, match="column 'label' is empty at row 2"):
         validate_submission(blank, sample, ["cat", "None"], "label", str(path))
+
+
+@pytest.mark.parametrize(
+    ("placeholder", "classes", "metric", "kind"),
+    [
+        ("normal", ["normal", "pneumonia"], "accuracy", "label"),  # class names ask for a label
+        ("0", ["cat", "dog"], "accuracy", "label"),  # a whole-number placeholder too
+        ("0.5", ["cat", "dog"], "accuracy", "binary"),  # a fraction asks for P(positive)
+        ("0", ["0", "1"], "roc_auc", "binary"),  # a probability metric decides
+    ],
+)
+def test_two_class_submission_kind(placeholder, classes, metric, kind):
+    from pipeline.stages.prepare import submission_kind
+
+    sample = pd.DataFrame({"id": ["a", "b"], "label": [placeholder] * 2})
+    assert submission_kind(sample, classes, "single_label", metric, "auto") == kind
+
+
+def test_whole_number_placeholder_with_named_classes_writes_names():
+    sample = pd.DataFrame({"id": ["a", "b"], "label": [0, 0]})
+    sub = shape_submission(
+        ["a", "b"], np.array([[0.2, 0.8], [0.9, 0.1]]), ["cat", "dog"], sample, "label"
+    )
+    assert sub["label"].tolist() == ["dog", "cat"]

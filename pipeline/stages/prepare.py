@@ -49,8 +49,11 @@ def classes_of(train: pd.DataFrame, task: str) -> list[str]:
     return sort_classes(train["label"])
 
 
-def _integers(values: pd.Series) -> bool:
-    return bool(len(values)) and values.str.fullmatch(r"-?\d+").all()
+def _fractions(values: pd.Series) -> bool:
+    """Numbers that are not all whole (dogs-vs-cats' 0.5): the sample asks for a probability.
+    Class names ("normal") or whole numbers ("0") ask for a label."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    return bool(len(values)) and numbers.notna().all() and not (numbers % 1 == 0).all()
 
 
 def submission_kind(
@@ -72,9 +75,7 @@ def submission_kind(
         kind = "probs"
     elif task == "multi_label":
         kind = "tags"
-    elif len(classes) == 2 and (
-        not _integers(sample[values[0]]) or metric in ("roc_auc", "log_loss")
-    ):
+    elif len(classes) == 2 and (_fractions(sample[values[0]]) or metric in ("roc_auc", "log_loss")):
         kind = "binary"
     else:
         kind = "label"
