@@ -315,9 +315,16 @@ def _extract_tar(archive: Path, dest: Path) -> None:
                     raise PipelineError(
                         f"refusing to extract {archive.name}: '{m.name}' is special"
                     )
-            # The "data" filter (Python >= 3.11.4/3.10.12) re-checks links and strips modes.
+            # The "data" filter (Python >= 3.11.4/3.10.12) re-checks links as they are created;
+            # a chain of links (x -> ., x/y -> ..) passes per-member checks, so without the
+            # filter no link is extracted at all.
             if hasattr(tarfile, "data_filter"):
                 tf.extractall(dest, members=members, filter="data")
+            elif any(m.issym() or m.islnk() for m in members):
+                raise PipelineError(
+                    f"refusing to extract {archive.name}: it holds links, which this Python "
+                    "cannot extract safely (needs Python >= 3.11.4 or 3.10.12)"
+                )
             else:
                 tf.extractall(dest, members=members)
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as e:
@@ -336,6 +343,9 @@ def _extract_7z(archive: Path, dest: Path) -> None:
     try:
         with py7zr.SevenZipFile(archive, mode="r") as zf:
             _check_names(archive, zf.getnames())
+            links = [f.filename for f in zf.list() if f.is_symlink]
+            if links:  # py7zr does not check where links point: none are extracted
+                raise PipelineError(f"refusing to extract {archive.name}: link '{links[0]}'")
             zf.extractall(path=dest)
     except (py7zr.exceptions.ArchiveError, EOFError, lzma.LZMAError) as e:
         raise _corrupt(archive, e) from e

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,17 +68,35 @@ class History:
 
 
 def _rng_state() -> dict:
-    return {
+    """Every generator's full state as tensors (a checkpoint is loaded with weights_only)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
         "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np.array(np.random.get_state()[1], dtype=np.int64)),
+        "numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "numpy_rest": torch.tensor([pos, has_gauss, gauss], dtype=torch.float64),
         "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
     }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return state
 
 
 def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
-    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    pos, has_gauss, gauss = s["numpy_rest"].tolist()
+    keys = s["numpy"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, int(pos), int(has_gauss), gauss))
     random.setstate((3, tuple(int(v) for v in s["python"].tolist()), None))
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(s["cuda"]))
+
+
+def _finite_everywhere(loss: torch.Tensor, acc: Accelerator) -> bool:
+    """True when the loss is finite on every process: all ranks then stop together."""
+    if acc.num_processes == 1:
+        return bool(torch.isfinite(loss))
+    bad = (~torch.isfinite(loss.detach())).float()
+    return acc.reduce(bad, reduction="sum").item() == 0
 
 
 def loss_function(cfg: LoopConfig, device: torch.device) -> nn.Module:
@@ -195,6 +215,9 @@ def fit(
     on_snapshot: Callable[[nn.Module, int], None] = lambda *a: None,
 ) -> History:
     hist, start, state = History(), 0, _load_checkpoint(ckpt, cfg.key)
+    if state is None and ckpt.parent.exists() and acc.is_main_process:
+        shutil.rmtree(ckpt.parent)  # left by other params or data: its best/snapshots are stale
+    acc.wait_for_everyone()
     if state is not None:
         hist = History(state["rows"], state["best_score"], state["best_epoch"], state["lrs"])
         start = len(hist.rows)
@@ -241,7 +264,7 @@ def fit(
                 # --- forward, loss
                 with acc.autocast():
                     loss = loss_fn(net(x), y)
-                if not torch.isfinite(loss):
+                if not _finite_everywhere(loss, acc):
                     raise PipelineError(
                         f"loss is {loss.item()} in phase '{phase.name}', epoch {epoch + 1}, "
                         f"step {i + 1}, lr {opt.param_groups[-1]['lr']:.3g}: lower the learning "
@@ -300,7 +323,11 @@ def _save_checkpoint(path: Path, key: str, phase: str, model, opt, hist: History
 def _load_checkpoint(path: Path, key: str) -> dict | None:
     if not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)  # no arbitrary unpickling
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # no arbitrary unpickling
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        print(f"ignoring unreadable checkpoint {path} ({type(e).__name__}); starting afresh")
+        return None
     if state.get("key") != key:
         return None  # written under other params or data: start afresh
     return state

@@ -499,3 +499,17 @@ def test_download_stage_exits_non_zero_with_the_message(
     assert "Traceback" not in res.stderr
     assert not (work / "data" / "raw").exists()
     assert_no_secrets(res.stdout + res.stderr, work)
+
+
+def test_safe_extract_refuses_links_in_7z(tmp_path):
+    import py7zr
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "up").symlink_to("../..")
+    archive = tmp_path / "x.7z"
+    with py7zr.SevenZipFile(archive, "w", dereference=False) as zf:
+        zf.write(src / "up", "up")
+    with pytest.raises(PipelineError, match=r"refusing to extract x\.7z: link 'up'"):
+        kaggle.safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / "up").exists()

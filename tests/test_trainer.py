@@ -344,3 +344,25 @@ def test_same_params_same_weights(workdir):
         train.run(p, "resnet10t", 1)
         weights.append(load_file(str(workdir / "models/resnet10t/fold1/model.safetensors")))
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_stale_checkpoint_folder_is_cleared_and_output_replaced(workdir):
+    stale = workdir / "checkpoints/resnet10t/fold0"
+    (stale / "snapshots").mkdir(parents=True)
+    (stale / "snapshots" / "cycle7.safetensors").write_bytes(b"left by other params")
+    (stale / "state.pt").write_bytes(b"not this run's")
+    p = parse_params(tiny_params({"train": {"schedule": "sgdr", "epochs": 1}}))
+    train.run(p, "resnet10t", 0)
+    train.run(p, "resnet10t", 0)  # again by hand: the finished output is replaced whole
+    snaps = sorted(f.name for f in (workdir / "models/resnet10t/fold0/snapshots").iterdir())
+    assert snaps == ["cycle0.safetensors"]
+    assert not stale.exists()
+
+
+def test_small_cache_for_a_large_input_is_warned_about(workdir, capsys):
+    p = parse_params(tiny_params({"base": {"image_size": 24}}))
+    train.run(p, "resnet10t", 0)
+    assert (
+        "cached at 16 px (prepare.cache_size) and are enlarged to the 24 px"
+        in capsys.readouterr().out
+    )

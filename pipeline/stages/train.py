@@ -33,7 +33,7 @@ from torch import nn
 
 from pipeline import metrics, model, schedules
 from pipeline.data import balanced_sampler, build_transforms, class_weights, split_dataset
-from pipeline.files import PipelineError, atomic_path
+from pipeline.files import PipelineError, atomic_dir, atomic_path
 from pipeline.index import FOLDS, encode_labels, fold_rows, read_folds, read_index
 from pipeline.loop import LoopConfig, Phase, fit
 from pipeline.params import Params, Train, load_params
@@ -129,6 +129,12 @@ def run(
         net = net.to(memory_format=torch.channels_last)
     norm = model.data_config(net, p.model.mean, p.model.std)
     size = model.input_size(net, p.base.image_size)
+    cache = index.images("train")
+    if cache is not None and cache.shape[1] < size:
+        acc.print(
+            f"warning: images were cached at {cache.shape[1]} px (prepare.cache_size) and are "
+            f"enlarged to the {size} px input; set prepare.cache_size >= {size} to keep detail"
+        )
     targets = encode_labels(index.train["label"].iloc[train_rows], classes, task)
     weights = class_weights(targets, len(classes), tc.class_weights, tc.effective_beta)
     if weights is not None:
@@ -306,25 +312,26 @@ def run(
         )
         net.load_state_dict(load_file(str(ckpt / "best.safetensors")))
         out = models_dir / name / f"fold{fold}"
-        model.save(
-            net,
-            out,
-            {
-                "name": name,
-                "fold": fold,
-                "task": task,
-                "classes": classes,
-                "image_size": size,
-                "mean": list(norm["mean"]),
-                "std": list(norm["std"]),
-                "metric": metric_name,
-                "best_epoch": hist.best_epoch,
-                "best_valid_metric": best["valid_metric"],
-                "phase_lrs": hist.lrs,
-            },
-        )
-        if (ckpt / "snapshots").exists():
-            shutil.copytree(ckpt / "snapshots", out / "snapshots")
+        with atomic_dir(out) as tmp:  # weights, model.json and snapshots appear together
+            model.save(
+                net,
+                tmp,
+                {
+                    "name": name,
+                    "fold": fold,
+                    "task": task,
+                    "classes": classes,
+                    "image_size": size,
+                    "mean": list(norm["mean"]),
+                    "std": list(norm["std"]),
+                    "metric": metric_name,
+                    "best_epoch": hist.best_epoch,
+                    "best_valid_metric": best["valid_metric"],
+                    "phase_lrs": hist.lrs,
+                },
+            )
+            if (ckpt / "snapshots").exists():
+                shutil.copytree(ckpt / "snapshots", tmp / "snapshots")
         live.summary["best_epoch"] = hist.best_epoch
         live.end()
         shutil.rmtree(ckpt)  # finished: the next run with these params starts afresh
