@@ -65,6 +65,7 @@ class History:
     best_score: float = -math.inf
     best_epoch: int = -1
     lrs: dict[str, list[float]] = field(default_factory=dict)  # phase -> peak LR per group
+    lr_tests: dict[str, list] = field(default_factory=dict)  # phase -> [lrs, losses, chosen]
 
 
 def _rng_state() -> dict:
@@ -219,11 +220,15 @@ def fit(
         shutil.rmtree(ckpt.parent)  # left by other params or data: its best/snapshots are stale
     acc.wait_for_everyone()
     if state is not None:
-        hist = History(state["rows"], state["best_score"], state["best_epoch"], state["lrs"])
+        hist = History(
+            state["rows"], state["best_score"], state["best_epoch"], state["lrs"], state["lr_tests"]
+        )
         start = len(hist.rows)
         acc.print(f"resuming from {ckpt} at epoch {start + 1} (epochs 1-{start} done)")
         model.load_state_dict(state["model"])
         _set_rng_state(state["rng"])
+        for phase_name, (lrs, losses, chosen) in hist.lr_tests.items():
+            on_lr_find(phase_name, lrs, losses, chosen)  # the stage's outputs were wiped too
         for row in hist.rows:
             log(row)
     loss_fn = loss_function(cfg, acc.device)
@@ -250,6 +255,7 @@ def fit(
                 peaks = [p * chosen / max(peaks) for p in peaks]
                 acc.print(f"LR range test ({phase.name}): {cfg.lr_find.suggestion} {chosen:.3g}")
                 on_lr_find(phase.name, lrs, losses, chosen)
+                hist.lr_tests[phase.name] = [lrs, losses, chosen]
             hist.lrs[phase.name] = peaks
         peaks = hist.lrs[phase.name]
         spe = len(acc.prepare(phase.train_loader(first, total)))  # steps per epoch
@@ -314,6 +320,7 @@ def _save_checkpoint(path: Path, key: str, phase: str, model, opt, hist: History
         "best_score": hist.best_score,
         "best_epoch": hist.best_epoch,
         "lrs": hist.lrs,
+        "lr_tests": hist.lr_tests,
         "rng": _rng_state(),
     }
     with atomic_path(path) as tmp:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,7 +39,8 @@ def test_killed_run_resumes_at_the_next_epoch(tmp_path):
         {
             "base": {"image_size": 32},
             "prepare": {"cache_size": 32},
-            "train": {"epochs": 3, "batch_size": 16},
+            "train": {"epochs": 3, "batch_size": 16, "lr": "auto"},
+            "lr_find": {"steps": 10},
         },
     )
     proc = subprocess.Popen(
@@ -54,6 +57,7 @@ def test_killed_run_resumes_at_the_next_epoch(tmp_path):
     assert not (tmp_path / "models/resnet10t/fold0/model.safetensors").exists()
     assert (tmp_path / "checkpoints/resnet10t/fold0/state.pt").exists()
 
+    shutil.rmtree(tmp_path / "dvclive")  # as `dvc repro` removes a stage's outputs first
     again = subprocess.run(TRAIN, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert "at epoch 2 (epochs 1-1 done)" in again.stdout
@@ -63,6 +67,10 @@ def test_killed_run_resumes_at_the_next_epoch(tmp_path):
     assert not (tmp_path / "checkpoints/resnet10t/fold0").exists()  # finished: cleaned up
     curve = pd.read_csv(tmp_path / "dvclive/resnet10t/fold0/plots/metrics/train_loss.tsv", sep="\t")
     assert curve["step"].tolist() == [0, 1, 2]  # epoch 1 replayed into the fresh log
+    live = tmp_path / "dvclive/resnet10t/fold0"
+    assert (live / "plots/lr_find/full.tsv").exists()  # the LR range test is not run again…
+    assert "LR range test" not in again.stdout
+    assert "full" in json.loads((live / "metrics.json").read_text())["lr_find"]  # …but kept
 
 
 def free_port() -> int:
