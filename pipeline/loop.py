@@ -258,10 +258,10 @@ def fit(
                 hist.lr_tests[phase.name] = [lrs, losses, chosen]
             hist.lrs[phase.name] = peaks
         peaks = hist.lrs[phase.name]
-        spe = len(acc.prepare(phase.train_loader(first, total)))  # steps per epoch
         cycle_ends = schedules.sgdr_cycle_ends(phase.epochs, cfg.cycle_len, cfg.cycle_mult)
         for epoch in range(max(first, start), end):
             loader = acc.prepare(phase.train_loader(epoch, total))
+            spe = len(loader)  # steps per epoch: the same rows every epoch of a phase
             _train_mode(phase, net)
             seen, loss_sum, started = 0, 0.0, time.perf_counter()
             for i, (x, y) in enumerate(loader):

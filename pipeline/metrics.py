@@ -279,7 +279,8 @@ def shape_submission(
     elif kind == "tags":
         thr = np.full(len(classes), 0.5) if thresholds is None else np.asarray(thresholds)
         decided = decide_tags(ordered.to_numpy(), thr)
-        out[sample.columns[1]] = [" ".join(np.array(classes)[row]) for row in decided]
+        names = np.array(classes)
+        out[sample.columns[1]] = [" ".join(names[row]) for row in decided]
     else:
         raise PipelineError(f"submission kind '{kind}' is not supported")
     return out

@@ -106,12 +106,16 @@ def summary(groups: list[tuple[str, list[nn.Parameter]]], trainable: dict[str, s
     return "\n".join(lines)
 
 
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """The state dict as one safetensors file, written atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+
+
 def save(model: torch.nn.Module, folder: Path, info: dict) -> None:
     """Weights as safetensors plus model.json describing how to rebuild the model."""
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(folder / "model.safetensors") as tmp:
-        save_file(state, str(tmp))
+    save_weights(model, folder / "model.safetensors")
     write_json(folder / "model.json", info)
 
 

@@ -64,8 +64,9 @@ def run(
     targets = encode_labels(index.train["label"], classes, task)
     metrics.check_applies(metric, task)
     # multi-label: per-class thresholds tuned on the OOF blend for the competition metric
-    thresholds = metrics.tune_thresholds(metric, oof.to_numpy(), targets)
-    report = metrics.report(oof.to_numpy(), targets, thresholds)
+    oof_np = oof.to_numpy()
+    thresholds = metrics.tune_thresholds(metric, oof_np, targets)
+    report = metrics.report(oof_np, targets, thresholds)
     per_model = {
         n: metrics.value(metric, o.loc[index.train["id"]].to_numpy(), targets, thresholds)
         for n, o in zip(backbones, oof_per_model, strict=True)
@@ -73,14 +74,14 @@ def run(
     cv = {"metric": metric, "cv": report[metric], **report, "per_backbone": per_model}
     decision = {"metric": metric, "thresholds": None}
     if task == "multi_label":
-        cv["at_threshold_0.5"] = metrics.report(oof.to_numpy(), targets, 0.5)
+        cv["at_threshold_0.5"] = metrics.report(oof_np, targets, 0.5)
         decision["thresholds"] = {c: float(t) for c, t in zip(classes, thresholds, strict=True)}
     with atomic_dir(out) as tmp:  # the three files appear together or not at all
         write_csv(tmp / "oof.csv", oof.reset_index())
         write_csv(tmp / "test.csv", test.reset_index())
         write_json(tmp / "thresholds.json", decision)
     write_json(out_metrics, cv)
-    confusion = metrics.confusion_pairs(oof.to_numpy(), targets, classes, metric, thresholds)
+    confusion = metrics.confusion_pairs(oof_np, targets, classes, metric, thresholds)
     write_csv(out_confusion, confusion)
     print(
         f"ensemble: {len(backbones)} backbone(s) x {len(folds)} folds, CV {metric} "

@@ -28,12 +28,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from dvclive import Live
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from pipeline import metrics, model, schedules
 from pipeline.data import balanced_sampler, build_transforms, class_weights, split_dataset
-from pipeline.files import PipelineError, atomic_dir, atomic_path
+from pipeline.files import PipelineError, atomic_dir
 from pipeline.index import FOLDS, encode_labels, fold_rows, read_folds, read_index
 from pipeline.loop import LoopConfig, Phase, fit
 from pipeline.params import Params, Train, load_params
@@ -62,7 +62,7 @@ def check_task_settings(tc: Train, task: str) -> None:
         ("train.class_weights", tc.class_weights, ("none", "balanced")),
         ("train.label_smoothing", tc.label_smoothing, 0.0),
     ):
-        if value != ok and value not in (ok if isinstance(ok, tuple) else ()):
+        if value not in (ok if isinstance(ok, tuple) else (ok,)):
             raise PipelineError(
                 f"params.yaml: {key}: {value!r} is for single-label tasks; this competition is "
                 f"multi-label (use {ok!r})"
@@ -94,12 +94,6 @@ def features(net: nn.Module, loader, acc: Accelerator) -> torch.Tensor:
         with acc.autocast():
             out.append(net.forward_head(net.forward_features(x.to(acc.device)), pre_logits=True))
     return torch.cat(out).float().cpu()
-
-
-def save_state(m: nn.Module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}, str(tmp))
 
 
 def weights_checksum(m: nn.Module, acc: Accelerator) -> list[float]:
@@ -189,9 +183,7 @@ def run(
             f_valid = features(
                 net, torch.utils.data.DataLoader(valid_ds, batch_size=tc.batch_size * 2), acc
             )
-            y_valid = torch.as_tensor(
-                encode_labels(index.train["label"].iloc[valid_rows], classes, task)
-            )
+            y_valid = torch.as_tensor(valid_ds.labels)
             feats = torch.utils.data.TensorDataset(f_train, torch.as_tensor(targets))
 
             def feature_loader(epoch: int, total: int) -> torch.utils.data.DataLoader:
@@ -287,11 +279,11 @@ def run(
 
     def on_best(m: nn.Module, row: dict) -> None:
         if acc.is_main_process:
-            save_state(m, ckpt / "best.safetensors")
+            model.save_weights(m, ckpt / "best.safetensors")
 
     def on_snapshot(m: nn.Module, cycle: int) -> None:
         if acc.is_main_process:
-            save_state(m, ckpt / "snapshots" / f"cycle{cycle}.safetensors")
+            model.save_weights(m, ckpt / "snapshots" / f"cycle{cycle}.safetensors")
 
     def metric(probs: np.ndarray, t: np.ndarray) -> float:
         return metrics.score(metric_name, probs, t)
