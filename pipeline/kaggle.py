@@ -201,6 +201,11 @@ def _extract_all(root: Path, bundle: Path) -> None:
     if bundle.is_file():
         safe_extract(bundle, root)  # as Kaggle's own --unzip does: its files land in root
         bundle.unlink()
+    extract_nested(root)
+
+
+def extract_nested(root: Path) -> None:
+    """Extract every archive under `root` in place (train.zip -> train/), a few levels deep."""
     for _ in range(NESTED_DEPTH):
         nested = sorted(p for p in root.rglob("*") if p.is_file() and _is_archive(p))
         if not nested:

@@ -1,12 +1,17 @@
 """The embedded demo competition: Kaggle's layout, skewed, deterministic, solution kept apart."""
 
 import filecmp
+import io
+import zipfile
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
-from pipeline.stages.download import SKEWED, write_demo
+from pipeline.files import PipelineError
+from pipeline.params import Competition
+from pipeline.stages.download import SKEWED, run, write_demo
 
 
 def test_demo_layout_and_skew(tmp_path):
@@ -36,3 +41,45 @@ def test_demo_is_deterministic_from_seed(tmp_path):
     assert not filecmp.cmp(
         tmp_path / "a" / "train.csv", tmp_path / "c" / "train.csv", shallow=False
     )
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _path_source(path) -> Competition:
+    return Competition(
+        source="path",
+        name="x",
+        path=str(path),
+        files=[],
+        metric="accuracy",
+        layout="auto",
+        task="auto",
+        submission="auto",
+        id_column=None,
+        label_column=None,
+        group_column=None,
+        positive_class=None,
+    )
+
+
+def test_local_competition_zip_with_nested_archives(tmp_path):
+    inner = _zip({"train/a.png": b"png-a", "train/b.png": b"png-b"})
+    bundle = tmp_path / "dogs-vs-cats.zip"
+    bundle.write_bytes(_zip({"train.zip": inner, "sample_submission.csv": b"id,label\n1,0.5\n"}))
+    raw = tmp_path / "data" / "raw"
+    run(_path_source(bundle), seed=0, raw=raw)
+    assert (raw / "train" / "a.png").read_bytes() == b"png-a"
+    assert (raw / "sample_submission.csv").exists() and not (raw / "train.zip").exists()
+    assert bundle.exists()  # the user's own file is left alone
+
+
+def test_missing_local_path_is_named(tmp_path):
+    with pytest.raises(PipelineError, match="nope.zip' does not exist"):
+        run(_path_source(tmp_path / "nope.zip"), seed=0, raw=tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()

@@ -56,12 +56,14 @@ def write_demo(dest: Path, seed: int) -> None:
 
 
 def copy_local(src: Path, dest: Path) -> None:
+    """A folder is copied, an archive extracted; archives inside (train.zip) are extracted too."""
     if not src.exists():
         raise PipelineError(f"competition.path: '{src}' does not exist")
     if src.is_dir():
         shutil.copytree(src, dest, dirs_exist_ok=True)
     else:
         kaggle.safe_extract(src, dest)
+    kaggle.extract_nested(dest)
 
 
 def run(comp: Competition, seed: int, raw: Path = RAW) -> None:
