@@ -96,3 +96,13 @@ def encode_labels(labels: pd.Series, classes: list[str], task: str) -> np.ndarra
             out[i, [lookup[t] for t in str(tags).split()]] = 1.0
         return out
     return labels.map(lookup).to_numpy(dtype=np.int64, copy=True)  # writable for torch
+
+
+def tag_set(labels: pd.Series) -> list[str]:
+    """Every tag of space-separated multi-label labels, sorted."""
+    return sorted({t for tags in labels for t in str(tags).split()})
+
+
+def label_counts(labels: pd.Series, task: str) -> pd.Series:
+    """Images per class, or per tag for multi-label (an image counts for each of its tags)."""
+    return (labels.str.split().explode() if task == "multi_label" else labels).value_counts()

@@ -19,17 +19,13 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 
 from pipeline.files import PipelineError, write_csv
-from pipeline.index import FOLDS, encode_labels, read_index
+from pipeline.index import FOLDS, encode_labels, label_counts, read_index, tag_set
 from pipeline.params import load_params
 
 
 def _check_sizes(train: pd.DataFrame, n_folds: int, task: str) -> None:
-    if task == "multi_label":
-        counts = train["label"].str.split().explode().value_counts()
-        what = "tag"
-    else:
-        counts = train["label"].value_counts()
-        what = "class"
+    counts = label_counts(train["label"], task)
+    what = "tag" if task == "multi_label" else "class"
     if counts.min() < n_folds:
         raise PipelineError(
             f"{what} '{counts.idxmin()}' has {counts.min()} images, fewer than the {n_folds} folds "
@@ -47,8 +43,7 @@ def _splitter(train: pd.DataFrame, n_folds: int, seed: int, task: str):
     grouped = "group" in train
     groups = train["group"].to_numpy() if grouped else None
     if task == "multi_label":
-        tags = sorted({t for lab in train["label"] for t in lab.split()})
-        y = encode_labels(train["label"], tags, task)
+        y = encode_labels(train["label"], tag_set(train["label"]), task)
         if grouped:  # no multilabel splitter knows groups: shuffle the groups, then GroupKFold
             return GroupKFold(n_splits=n_folds), y, _shuffled_group_ids(groups, seed)
         return MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed), y, None

@@ -28,7 +28,7 @@ from PIL import Image
 
 from pipeline import layouts, metrics
 from pipeline.files import PipelineError, atomic_dir, write_csv, write_json
-from pipeline.index import PREPARED, load_image, resize
+from pipeline.index import PREPARED, label_counts, load_image, resize, tag_set
 from pipeline.params import Competition, Prepare, load_params
 
 RAW = Path("data/raw")
@@ -44,9 +44,7 @@ def sort_classes(labels: pd.Series) -> list[str]:
 
 
 def classes_of(train: pd.DataFrame, task: str) -> list[str]:
-    if task == "multi_label":
-        return sorted({t for tags in train["label"] for t in tags.split()})
-    return sort_classes(train["label"])
+    return tag_set(train["label"]) if task == "multi_label" else sort_classes(train["label"])
 
 
 def _fractions(values: pd.Series) -> bool:
@@ -213,11 +211,7 @@ def run(cfg: Prepare, comp: Competition, raw: Path = RAW, out: Path = PREPARED) 
 
 
 def summary(layout: layouts.Layout, classes: list[str], kind: str, out: Path) -> str:
-    counts = (
-        layout.train["label"].str.split().explode().value_counts()
-        if layout.task == "multi_label"
-        else layout.train["label"].value_counts()
-    )
+    counts = label_counts(layout.train["label"], layout.task)
     return (
         f"prepare: layout {layout.name}, {layout.task}, {len(layout.train)} train images in "
         f"{len(classes)} classes (smallest {counts.idxmin()}: {counts.min()}, largest "
