@@ -13,19 +13,38 @@ from pathlib import Path
 
 from pipeline.files import PipelineError, read_json
 
-STAGES = ("download", "prepare", "folds", "train", "predict", "ensemble", "submit", "upload")
+STAGES = (
+    "download",
+    "prepare",
+    "folds",
+    "train",
+    "predict",
+    "ensemble",
+    "pseudolabel",
+    "submit",
+    "upload",
+)
 
 
 def summary() -> None:
-    cv, local = Path("metrics/cv.json"), Path("submissions/local_score.json")
+    cv, local = Path("metrics/final.json"), Path("submissions/local_score.json")
     sub = Path("submissions/submission.csv")
     if cv.exists():
         c = read_json(cv)
-        print(f"CV {c['metric']}: {c['cv']:.4f}")
+        print(f"CV {c['metric']}: {c['cv']:.4f} (submitted: {c['submitted']})")
+        if "student_cv" in c:
+            print(
+                f"  teachers {c['teacher_cv']:.4f}, students {c['student_cv']:.4f} "
+                f"({c['student_minus_teacher']:+.4f}), pseudolabels from: {c['pseudo_source']}"
+            )
+        if "warning" in c:
+            print(f"  WARNING: {c['warning']}")
     if local.exists():
         s = read_json(local)
-        for metric in (k for k in s if k not in ("rows", "note")):
-            print(f"local leaderboard {metric}: {s[metric]:.4f}")
+        for metric in (k for k in s if k not in ("rows", "note", "teachers")):
+            teachers = s.get("teachers", {}).get(metric)
+            alone = "" if teachers is None else f" (teachers alone: {teachers:.4f})"
+            print(f"local leaderboard {metric}: {s[metric]:.4f}{alone}")
     print(f"submission: {sub.resolve() if sub.exists() else 'not written yet'}")
 
 

@@ -127,3 +127,55 @@ def build_transforms(
         b = aug.brightness * s
         ops.append(A.RandomBrightnessContrast(brightness_limit=b, contrast_limit=b, p=0.5))
     return A.Compose(ops + tail, seed=seed)
+
+
+class Weighted(torch.utils.data.Dataset):
+    """(image, target vector, loss weight): one item of a student's mixed batch."""
+
+    def __init__(self, images: ImageDataset, targets: np.ndarray, weight: float) -> None:
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.images, self.targets, self.weight = images, targets.astype(np.float32), weight
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, np.ndarray, np.float32]:
+        return self.images[i][0], self.targets[i], np.float32(self.weight)
+
+
+def pseudo_per_batch(batch_size: int, ratio: float) -> int:
+    """Pseudolabeled items in a batch mixed 1:ratio (half rounds up): 64 at 1:3 -> 16 (+ 48)."""
+    return int(batch_size / (ratio + 1) + 0.5)
+
+
+def mixed_batches(
+    labeled: np.ndarray, n_pseudo: int, batch_size: int, ratio: float, seed: int
+) -> list[list[int]]:
+    """Index batches over [labeled rows..., pseudolabeled rows...] mixed 1:ratio.
+
+    `labeled` is this epoch's order of the labeled positions (each once for a shuffle). Every
+    batch holds pseudo_per_batch(...) pseudolabeled items; the last one takes the labeled rows
+    left and round(left / ratio) pseudolabeled ones (a last batch of one item joins the one
+    before). Pseudolabeled rows come from reshuffled passes over all of them: they cycle when
+    fewer than needed and are subsampled when more.
+    """
+    n_ps = pseudo_per_batch(batch_size, ratio) if n_pseudo else 0
+    n_lab = batch_size - n_ps
+    chunks = [labeled[i : i + n_lab] for i in range(0, len(labeled), n_lab)]
+    sizes = [n_ps] * len(chunks)
+    if n_ps and len(chunks[-1]) < n_lab:
+        sizes[-1] = int(len(chunks[-1]) / ratio + 0.5)
+    if len(chunks) > 1 and len(chunks[-1]) + sizes[-1] < 2:  # BatchNorm needs two items
+        chunks[-2:] = [np.concatenate(chunks[-2:])]
+        sizes.pop()
+    rng = np.random.default_rng(seed)
+    need = sum(sizes)
+    passes = -(-need // n_pseudo) if n_pseudo else 0
+    stream = np.concatenate([rng.permutation(n_pseudo) for _ in range(passes)] or [[]])
+    stream = stream.astype(int) + len(labeled)
+    starts = np.cumsum([0, *sizes])
+    return [
+        [int(i) for i in chunk] + stream[a:b].tolist()
+        for chunk, a, b in zip(chunks, starts[:-1], starts[1:], strict=True)
+    ]

@@ -100,11 +100,52 @@ def _finite_everywhere(loss: torch.Tensor, acc: Accelerator) -> bool:
     return acc.reduce(bad, reduction="sum").item() == 0
 
 
-def loss_function(cfg: LoopConfig, device: torch.device) -> nn.Module:
+class Criterion(nn.Module):
+    """Softmax cross-entropy (or sigmoid BCE for multi-label) over class ids or probability
+    vectors (soft targets), with class weights, label smoothing and optional per-item weights.
+
+    Reduction: sum_i s_i * loss_i / sum_i n_i, where s_i is item i's weight (1 unless given, e.g.
+    `pseudo.weight` for a pseudolabeled image) and n_i its class weight (w_y, or sum_c w_c y_c
+    for a probability vector; 1 without class weights). With every s_i = 1 this is exactly torch's
+    weighted mean, so a one-hot vector and its class id give the same loss.
+    """
+
+    def __init__(self, task: str, class_weights: torch.Tensor | None, label_smoothing: float):
+        super().__init__()
+        self.task, self.smoothing = task, label_smoothing
+        self.register_buffer("weight", class_weights)
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor, item_weights=None) -> torch.Tensor:
+        logits = logits.float()
+        if self.task == "multi_label":
+            per = nn.functional.binary_cross_entropy_with_logits(
+                logits, y.float(), pos_weight=self.weight, reduction="none"
+            ).mean(1)
+            norm = torch.ones_like(per)
+        else:
+            per = nn.functional.cross_entropy(
+                logits, y, weight=self.weight, label_smoothing=self.smoothing, reduction="none"
+            )
+            w = self.weight
+            if w is None:
+                w = torch.ones(logits.shape[1], device=logits.device)
+            norm = w[y] if y.ndim == 1 else (y.float() * w).sum(1)
+        if item_weights is not None:
+            per = per * item_weights.to(per.dtype)
+        return per.sum() / norm.sum()
+
+
+def loss_function(cfg: LoopConfig, device: torch.device) -> Criterion:
     weights = torch.tensor(cfg.class_weights, dtype=torch.float32) if cfg.class_weights else None
-    if cfg.task == "multi_label":
-        return nn.BCEWithLogitsLoss(pos_weight=weights).to(device)
-    return nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing).to(device)
+    return Criterion(cfg.task, weights, cfg.label_smoothing).to(device)
+
+
+def batch_loss(net: nn.Module, batch, loss_fn: Criterion, acc: Accelerator) -> torch.Tensor:
+    """A batch is (images, targets) or (images, targets, item weights) for a student."""
+    x, y, *w = batch
+    with acc.autocast():
+        logits = net(x)
+    return loss_fn(logits, y, w[0] if w else None)
 
 
 def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -153,15 +194,14 @@ def lr_range_test(
     batches = iter(())
     for step in range(lf.steps):
         try:
-            x, y = next(batches)
+            batch = next(batches)
         except StopIteration:
             batches = iter(acc.prepare(phase.train_loader(0, max(1, phase.epochs))))
-            x, y = next(batches)
+            batch = next(batches)
         lr = schedules.lr_sweep(step, lf.steps, lf.start, lf.end)
         for g, r in zip(opt.param_groups, ratios, strict=True):
             g["lr"] = lr * r
-        with acc.autocast():
-            loss = loss_fn(net(x), y)
+        loss = batch_loss(net, batch, loss_fn, acc)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         opt.step()
@@ -264,12 +304,11 @@ def fit(
             spe = len(loader)  # steps per epoch: the same rows every epoch of a phase
             _train_mode(phase, net)
             seen, loss_sum, started = 0, 0.0, time.perf_counter()
-            for i, (x, y) in enumerate(loader):
+            for i, batch in enumerate(loader):
                 step = (epoch - first) * spe + i
                 _set_lrs(opt, phase, peaks, step, phase.epochs * spe, spe, cfg)
                 # --- forward, loss
-                with acc.autocast():
-                    loss = loss_fn(net(x), y)
+                loss = batch_loss(net, batch, loss_fn, acc)
                 if not _finite_everywhere(loss, acc):
                     raise PipelineError(
                         f"loss is {loss.item()} in phase '{phase.name}', epoch {epoch + 1}, "
@@ -280,8 +319,8 @@ def fit(
                 opt.zero_grad(set_to_none=True)
                 acc.backward(loss)
                 opt.step()
-                seen += len(y)
-                loss_sum += loss.item() * len(y)
+                seen += len(batch[0])
+                loss_sum += loss.item() * len(batch[0])
             images_per_s = seen * acc.num_processes / (time.perf_counter() - started)
             # --- eval
             v_loss, probs, targets = evaluate(net, phase.valid_loader, acc, loss_fn, cfg.task)

@@ -141,6 +141,30 @@ class Tta(Section):
         return v
 
 
+class Pseudo(Section):
+    enabled: bool  # false: no student trains; the submission comes from the teachers
+    source: Literal["fold", "ensemble"]  # fold: fold k's teachers label for fold k's student
+    threshold: Annotated[float, Field(ge=0, le=1)]  # keep an image if its top probability >= it
+    class_cap: bool  # no class takes more than its training share of the kept images
+    soft: bool  # train on the teacher's probabilities (true) or on hard labels (false)
+    temperature: Pos  # soft targets p ** (1 / T), renormalised: T < 1 sharpens
+    ratio: Annotated[float, Field(ge=2, le=4)]  # N of pseudo:labeled = 1:N in every batch
+    weight: Annotated[float, Field(ge=0)]  # loss weight of a pseudolabeled image
+    weight_rampup: Count  # epochs over which that weight rises linearly from 0 (0: from the start)
+    init: Literal["teacher", "scratch"]  # student starts from fold k's teacher, or afresh
+    backbones: list[str]  # the students' timm names; dvc.yaml fans out over them x folds
+    epochs: Count  # the student's unfrozen-phase epochs (train.epochs for teachers)
+    lr: Pos | Literal["auto"]  # the student's peak LR of the head group (train.lr for teachers)
+    blend_teachers: bool  # the final ensemble averages teachers and students, not students alone
+
+    @field_validator("ratio", mode="before")
+    @classmethod
+    def _ratio_named(cls, v: object) -> object:
+        if isinstance(v, (int, float)) and not 2 <= v <= 4:
+            raise ValueError(f"1:N pseudo:labeled needs N from 2 to 4, got {v}")
+        return v
+
+
 class Upload(Section):
     enabled: bool  # false: write a "skipped" receipt; true: really submit with the Kaggle CLI
     message: str | None  # None: CV score, backbones and git revision
@@ -158,6 +182,7 @@ class Params(Section):
     train: Train
     augment: Augment
     tta: Tta
+    pseudo: Pseudo
     upload: Upload
 
     @model_validator(mode="after")
@@ -166,6 +191,17 @@ class Params(Section):
             raise ValueError("head.epochs + train.epochs must be at least 1")
         if self.lr_find.end <= self.lr_find.start:
             raise ValueError("lr_find.end must be larger than lr_find.start")
+        ps = self.pseudo
+        new = sorted(set(ps.backbones) - set(self.train.backbones))
+        if ps.enabled and ps.init == "teacher" and new:
+            raise ValueError(
+                "pseudo.init: teacher refines the teacher of the same backbone, but "
+                f"pseudo.backbones {new} are not in train.backbones; use pseudo.init: scratch "
+                "for a new backbone"
+            )
+        head = self.head.epochs if ps.init == "scratch" else 0  # a refined teacher has its head
+        if ps.enabled and head + ps.epochs < 1:
+            raise ValueError(f"pseudo.epochs must be at least 1 with pseudo.init: {ps.init}")
         return self
 
 

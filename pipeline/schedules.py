@@ -116,3 +116,10 @@ def suggest_lr(lrs: list[float], losses: list[float], method: str) -> float:
     best_start = best_end - run[best_end] + 1
     third = (best_end - best_start) / 3
     return lrs[best_start + int(third) + int(third / 2)]
+
+
+def rampup(epoch: int, epochs: int, value: float) -> float:
+    """Linear from 0 at epoch 0 to `value` at epoch `epochs` (0: `value` from the start)."""
+    if epochs <= 0:
+        return value
+    return value * min(1.0, epoch / epochs)

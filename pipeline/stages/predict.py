@@ -1,10 +1,11 @@
 """predict: out-of-fold and test probabilities of one trained model, averaged over TTA views.
 
-    python -m pipeline predict --model resnet10t --fold 0     # reads tta.* from params.yaml
+    python -m pipeline predict --model resnet10t --fold 0             # reads tta.* from params
+    python -m pipeline predict --model resnet10t --fold 0 --student   # fold 0's student
 
-Writes preds/<model>/fold<k>/oof.csv (the fold's validation rows) and test.csv: an id column and
-one probability column per class. Only `tta` is read from params, so changing it reruns predict
-and what follows, never training.
+Writes preds/<model>/fold<k>/oof.csv (the fold's validation rows) and test.csv (students:
+students/preds/...): an id column and one probability column per class. Only `tta` is read
+from params, so changing it reruns predict and what follows, never training.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pipeline.files import atomic_dir, write_csv
 from pipeline.index import fold_rows, read_folds, read_index
 from pipeline.loop import probabilities
 from pipeline.params import Tta, load_params
+from pipeline.roles import STUDENT, TEACHER, Role, skipped, write_skipped
 
 
 def _shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -70,13 +72,14 @@ def predict_tta(
     return torch.cat(out).numpy()
 
 
-def run(
-    tta: Tta,
-    name: str,
-    fold: int,
-    models_dir: Path = Path("models"),
-    preds_dir: Path = Path("preds"),
-) -> None:
+def run(tta: Tta, name: str, fold: int, role: Role = TEACHER) -> None:
+    models_dir, preds_dir = role.models, role.preds
+    why = skipped(models_dir / name / f"fold{fold}")
+    if why is not None:  # no student trained: nothing to predict, and the folder says why
+        with atomic_dir(preds_dir / name / f"fold{fold}") as tmp:
+            write_skipped(tmp, why)
+        print(f"predict: {role.name} {name} fold {fold} skipped: {why}")
+        return
     net, info = model.load(models_dir / name / f"fold{fold}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = net.to(device, memory_format=torch.channels_last) if device.type == "cuda" else net
@@ -96,7 +99,7 @@ def run(
             frame.insert(0, "id", ids.to_numpy())
             write_csv(tmp / ("oof.csv" if split == "train" else "test.csv"), frame)
     print(
-        f"predict: {name} fold {fold}, {len(valid_rows)} oof + {len(index.test)} test rows, "
+        f"predict: {role.name} {name} fold {fold}, {len(valid_rows)} oof + {len(index.test)} test rows, "
         f"TTA views {tta.views} -> {out}/"
     )
 
@@ -105,5 +108,6 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="python -m pipeline predict")
     ap.add_argument("--model", required=True)
     ap.add_argument("--fold", type=int, required=True)
+    ap.add_argument("--student", action="store_true", help="fold k's student (pseudolabels)")
     a = ap.parse_args(argv)
-    run(load_params().tta, a.model, a.fold)
+    run(load_params().tta, a.model, a.fold, STUDENT if a.student else TEACHER)

@@ -2,13 +2,15 @@
 
     python -m pipeline submit
 
+The blend is final/ (ensemble --final: the students, or the teachers with pseudo.enabled false).
 Writes submissions/submission.csv with exactly sample_submission's columns and id order, only
 after it passes the same check the upload stage applies. Its shape is meta.json's
 submission_kind: label (class names, integers where the sample has integers; expected-value
 decoding for qwk), probs (a column per class), binary (P(positive_class)) or tags (space-separated,
-with the per-class thresholds of ensemble/thresholds.json). When the competition ships a private
+with the per-class thresholds of the blend's thresholds.json). When the competition ships a private
 solution.csv (the demo does), prints the local leaderboard score into
-submissions/local_score.json (which otherwise says there is none).
+submissions/local_score.json (which otherwise says there is none), and beside it the score the
+teachers' blend (ensemble/) would have had.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pandas as pd
 
 from pipeline import metrics
 from pipeline.files import PipelineError, read_json, write_csv, write_json
-from pipeline.index import encode_labels, read_index
+from pipeline.index import Index, encode_labels, read_index
 from pipeline.params import load_params
 
 SUBMISSION = Path("submissions/submission.csv")
@@ -69,43 +71,53 @@ def read_thresholds(path: Path, classes: list[str]) -> np.ndarray | None:
     return None if tuned is None else np.array([tuned[c] for c in classes])
 
 
-def run(
-    metric: str,
-    preds: Path = Path("ensemble/test.csv"),
-    out: Path = SUBMISSION,
-    raw: Path = Path("data/raw"),
-    thresholds: Path = Path("ensemble/thresholds.json"),
-) -> None:
-    index = read_index()
+def shaped(index: Index, metric: str, blend: Path, out: Path) -> pd.DataFrame:
+    """A blend folder's test predictions (test.csv, thresholds.json) as a checked submission."""
     sample = read_sample(index.root / "sample_submission.csv")
+    preds = blend / "test.csv"
     if not preds.exists():
-        raise PipelineError(f"{preds}: missing; run `dvc repro ensemble` first")
+        raise PipelineError(f"{preds}: missing; run `dvc repro` first")
     test = pd.read_csv(preds, dtype={"id": str}, keep_default_na=False)
     meta, classes = index.meta, index.classes
-    kind = meta["submission_kind"]
     sub = metrics.shape_submission(
         test["id"].tolist(),
         test[classes].to_numpy(),
         classes,
         sample,
-        kind,
+        meta["submission_kind"],
         metric=metric,
         positive_class=meta.get("positive_class"),
-        thresholds=read_thresholds(thresholds, classes),
+        thresholds=read_thresholds(blend / "thresholds.json", classes),
     )
-    metrics.validate_submission(sub, sample, classes, kind, source=str(out))
+    metrics.validate_submission(sub, sample, classes, meta["submission_kind"], source=str(out))
+    return sub
+
+
+def run(
+    metric: str,
+    blend: Path = Path("final"),
+    out: Path = SUBMISSION,
+    raw: Path = Path("data/raw"),
+    teachers: Path | None = Path("ensemble"),
+) -> None:
+    """Write the submission from `blend`; with a local solution, score it and `teachers`."""
+    index = read_index()
+    sub = shaped(index, metric, blend, out)
     write_csv(out, sub)
+    kind = index.meta["submission_kind"]
     print(f"submit: {len(sub)} rows, columns {list(sub.columns)[:6]} ({kind}) -> {out}")
     solution = raw / "solution.csv"
-    if solution.exists():
-        score = local_score(sub, solution, meta, metric)
-        write_json(LOCAL_SCORE, score)
-        print(
-            f"submit: local leaderboard {metric} {score[metric]:.4f} "
-            f"(private {solution}, never read by training)"
-        )
-    else:  # real competitions: the leaderboard is Kaggle's (see the upload stage)
+    if not solution.exists():  # real competitions: the leaderboard is Kaggle's (upload stage)
         write_json(LOCAL_SCORE, {"rows": 0, "note": f"no {solution}: no local leaderboard"})
+        return
+    score = local_score(sub, solution, index.meta, metric)
+    note = f"(private {solution}, never read by training)"
+    print(f"submit: local leaderboard {metric} {score[metric]:.4f} {note}")
+    if teachers is not None and teachers != blend:
+        alone = local_score(shaped(index, metric, teachers, out), solution, index.meta, metric)
+        score["teachers"] = {metric: alone[metric]}
+        print(f"submit: the teachers alone would score {metric} {alone[metric]:.4f}")
+    write_json(LOCAL_SCORE, score)
 
 
 def main(argv: list[str]) -> None:

@@ -1,18 +1,25 @@
 """train: fine-tune one timm backbone on one fold's training rows and keep its best epoch.
 
-    python -m pipeline train --model resnet10t --fold 0
-    accelerate launch -m pipeline train --model resnet10t --fold 0    # several GPUs or nodes
+    python -m pipeline train --model resnet10t --fold 0             # a teacher
+    python -m pipeline train --model resnet10t --fold 0 --student   # fold 0's student
+    accelerate launch -m pipeline train --model resnet10t --fold 0  # several GPUs or nodes
 
 Phase 1 (`head.epochs`): everything but the classifier frozen — optionally on backbone features
 computed once (`head.precompute`). Phase 2 (`train.epochs`): all layer groups trainable with
 learning rates spread geometrically from lr / lr_mult (input side) to lr (head), under 1cycle or
 SGDR. `lr: auto` runs the LR range test before the phase.
 
-Reads base, model, head, lr_find, train, augment and competition.metric from params.yaml. Writes
-models/<model>/fold<k>/ (model.safetensors of the best epoch by the competition metric on the
-fold's validation rows, model.json, SGDR snapshots) and dvclive/<model>/fold<k>/ (per-epoch
-metrics, LR range test curves). A checkpoint after every epoch lives in checkpoints/ (outside
-DVC's outputs), so a killed run resumes at the epoch it was in.
+A student (`--student`) is the same run with other inputs: fold k's pseudolabels
+(pseudo/fold<k>/labels.csv) mixed into every batch at pseudo:labeled = 1:pseudo.ratio, their loss
+weighted by pseudo.weight; `pseudo.epochs` and `pseudo.lr` instead of train's; weights starting
+from fold k's teacher (`pseudo.init: teacher`, no head phase) or afresh (`scratch`). Validation
+is fold k's real labels only.
+
+Reads base, model, head, lr_find, train, augment, competition.metric (and pseudo) from
+params.yaml. Writes models/<model>/fold<k>/ (students: students/models/...; model.safetensors of
+the best epoch by the competition metric on the fold's validation rows, model.json, SGDR
+snapshots) and dvclive/<model>/fold<k>/ (students: students/dvclive/...). A checkpoint after
+every epoch lives in checkpoints/ (outside DVC's outputs), so a killed run resumes there.
 """
 
 from __future__ import annotations
@@ -21,9 +28,12 @@ import argparse
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -32,21 +42,94 @@ from safetensors.torch import load_file
 from torch import nn
 
 from pipeline import metrics, model, schedules
-from pipeline.data import balanced_sampler, build_transforms, class_weights, split_dataset
-from pipeline.files import PipelineError, atomic_dir
-from pipeline.index import FOLDS, encode_labels, fold_rows, read_folds, read_index
+from pipeline.data import (
+    Weighted,
+    balanced_sampler,
+    build_transforms,
+    class_weights,
+    mixed_batches,
+    pseudo_per_batch,
+    split_dataset,
+)
+from pipeline.files import PipelineError, atomic_dir, read_json, sha256
+from pipeline.index import FOLDS, Index, encode_labels, fold_rows, read_folds, read_index
 from pipeline.loop import LoopConfig, Phase, fit
-from pipeline.params import Params, Train, load_params
+from pipeline.params import Params, Pseudo, Train, load_params
+from pipeline.roles import STUDENT, TEACHER, Role, write_skipped
 
 SECTIONS = ("base", "model", "head", "lr_find", "train", "augment")  # what shapes the weights
+PSEUDO = Path("pseudo")
+Loader = torch.utils.data.DataLoader
 
 
-def fingerprint(p: Params, name: str, fold: int, *files: Path) -> str:
+@dataclass(frozen=True)
+class Spec:
+    """What differs between a teacher's run and a student's; everything else is one path."""
+
+    role: Role
+    head_epochs: int
+    epochs: int  # of the unfrozen phase
+    lr: float | str  # peak LR of the head group, or "auto"
+    init: Path | None = None  # weights to start from (the fold's teacher); None: model.pretrained
+    pseudo: pd.DataFrame | None = None  # the student's pseudolabels: id, one target per class
+    mix: Pseudo | None = None  # ratio, weight and its ramp-up
+    files: tuple[Path, ...] = ()  # inputs beyond train.csv and folds.csv in the resume key
+
+
+@dataclass(frozen=True)
+class FoldData:
+    index: Index
+    task: str
+    train_rows: np.ndarray  # positions in index.train
+    valid_rows: np.ndarray
+    targets: np.ndarray  # the training rows' encoded labels (ids, or multi-hot)
+    size: int  # network input, px
+    norm: dict  # mean, std
+
+
+def teacher_spec(p: Params) -> Spec:
+    return Spec(TEACHER, p.head.epochs, p.train.epochs, p.train.lr)
+
+
+def student_spec(p: Params, name: str, fold: int, pseudo_dir: Path = PSEUDO) -> Spec | str:
+    """The student of fold `fold`, or why there is none (pseudo.enabled is false)."""
+    ps, folder = p.pseudo, pseudo_dir / f"fold{fold}"
+    if not ps.enabled:
+        return "pseudo.enabled is false: the submission comes from the teachers"
+    labels, source = folder / "labels.csv", folder / "source.json"
+    for f in (labels, source):
+        if not f.exists():
+            raise PipelineError(f"{f}: missing; run `dvc repro pseudolabel` first")
+    if not read_json(source)["enabled"]:
+        raise PipelineError(f"{source}: written with pseudo.enabled false; rerun pseudolabel")
+    frame = pd.read_csv(labels, dtype={"id": str, "label": str}, keep_default_na=False)
+    init = None
+    if ps.init == "teacher":
+        init = TEACHER.models / name / f"fold{fold}" / "model.safetensors"
+        check_teacher(init, read_json(source)["teacher_weights"].get(name), source)
+    head = p.head.epochs if ps.init == "scratch" else 0  # a refined teacher has its head
+    files = (labels,) if init is None else (labels, init)
+    return Spec(STUDENT, head, ps.epochs, ps.lr, init, frame, ps, files)
+
+
+def check_teacher(weights: Path, recorded: str | None, source: Path) -> None:
+    """The teacher a student refines must be the one that made its pseudolabels."""
+    if not weights.exists():
+        raise PipelineError(f"{weights}: missing; pseudo.init: teacher needs the fold's teacher")
+    if recorded != sha256(weights):
+        raise PipelineError(
+            f"{weights} is not the teacher recorded in {source}; run `dvc repro` to relabel"
+        )
+
+
+def fingerprint(p: Params, name: str, fold: int, *files: Path, student: bool = False) -> str:
     """Hash of every param and input file that shapes this run: resume only on an exact match."""
     h = hashlib.sha256()
     sections = {k: getattr(p, k).model_dump() for k in SECTIONS}
     sections["train"] = p.train.model_dump(exclude={"backbones", "num_workers"})  # no effect
     sections["base"] = p.base.model_dump(exclude={"folds"})  # folds.csv itself is hashed
+    if student:
+        sections["pseudo"] = p.pseudo.model_dump(exclude={"backbones", "blend_teachers"})
     h.update(json.dumps([sections, p.competition.metric, name, fold], sort_keys=True).encode())
     for f in files:
         h.update(f.read_bytes())
@@ -102,26 +185,24 @@ def weights_checksum(m: nn.Module, acc: Accelerator) -> list[float]:
     return acc.gather(total).cpu().tolist()
 
 
-def run(
-    p: Params,
-    name: str,
-    fold: int,
-    models_dir: Path = Path("models"),
-    live_dir: Path = Path("dvclive"),
-    ckpt_dir: Path = Path("checkpoints"),
-) -> None:
-    tc, hc = p.train, p.head
-    gpu = torch.cuda.is_available()
-    acc = Accelerator(cpu=not gpu, mixed_precision=tc.mixed_precision if gpu else "no")
-    set_seed(p.base.seed + fold)
-    index = read_index()
-    task, classes = index.meta.get("task", "single_label"), index.classes
-    check_task_settings(tc, task)
-    train_rows, valid_rows = fold_rows(index, read_folds(), fold)
-    net = model.create(name, len(classes), p.model.pretrained, p.model.drop_rate)
-    if gpu:
+# --- the pieces of a run ------------------------------------------------------------------
+
+
+def build_model(p: Params, name: str, n_classes: int, spec: Spec) -> nn.Module:
+    """The timm backbone: from model.pretrained, or from the weights a student refines."""
+    pretrained = p.model.pretrained if spec.init is None else False
+    net = model.create(name, n_classes, pretrained, p.model.drop_rate)
+    if spec.init is not None:
+        net.load_state_dict(load_file(str(spec.init)))
+    if torch.cuda.is_available():
         net = net.to(memory_format=torch.channels_last)
-    norm = model.data_config(net, p.model.mean, p.model.std)
+    return net
+
+
+def fold_data(p: Params, index: Index, net: nn.Module, fold: int, acc) -> FoldData:
+    task = index.meta.get("task", "single_label")
+    check_task_settings(p.train, task)
+    train_rows, valid_rows = fold_rows(index, read_folds(), fold)
     size = model.input_size(net, p.base.image_size)
     cache = index.images("train")
     if cache is not None and cache.shape[1] < size:
@@ -129,111 +210,202 @@ def run(
             f"warning: images were cached at {cache.shape[1]} px (prepare.cache_size) and are "
             f"enlarged to the {size} px input; set prepare.cache_size >= {size} to keep detail"
         )
-    targets = encode_labels(index.train["label"].iloc[train_rows], classes, task)
-    weights = class_weights(targets, len(classes), tc.class_weights, tc.effective_beta)
-    if weights is not None:
-        acc.print(
-            f"class weights ({tc.class_weights}): "
-            + ", ".join(f"{c}={w:.3f}" for c, w in zip(classes, weights, strict=True))
-        )
+    targets = encode_labels(index.train["label"].iloc[train_rows], index.classes, task)
+    norm = model.data_config(net, p.model.mean, p.model.std)
+    return FoldData(index, task, train_rows, valid_rows, targets, size, norm)
 
-    def train_loader(epoch: int, total: int) -> torch.utils.data.DataLoader:
-        # augmentation grows harsher over training: strength is a pure function of the epoch
+
+def mixed_loader(p: Params, spec: Spec, d: FoldData, labeled, tf, epoch: int, seed: int):
+    """A student's epoch: every batch pseudo:labeled = 1:pseudo.ratio, item weights attached."""
+    ps, tc, n_classes = spec.mix, p.train, len(d.index.classes)
+    positions = pd.Series(np.arange(len(d.index.test)), index=d.index.test["id"])
+    pseudo = split_dataset(d.index, "test", positions.loc[spec.pseudo["id"]].to_numpy(), tf, d.size)
+    lab_targets = d.targets if d.targets.ndim == 2 else np.eye(n_classes)[d.targets]
+    weight = schedules.rampup(epoch, ps.weight_rampup, ps.weight)
+    ds = torch.utils.data.ConcatDataset(
+        [
+            Weighted(labeled, lab_targets, 1.0),
+            Weighted(pseudo, spec.pseudo[d.index.classes].to_numpy(), weight),
+        ]
+    )
+    if tc.sampler == "balanced":
+        order = np.array(list(balanced_sampler(d.targets, seed)))
+    else:
+        order = np.random.default_rng(seed).permutation(len(labeled))
+    batches = mixed_batches(order, len(pseudo), tc.batch_size, ps.ratio, seed + 1)
+    return Loader(ds, batch_sampler=batches, num_workers=tc.num_workers)
+
+
+def train_loaders(p: Params, spec: Spec, d: FoldData, fold: int) -> Callable[[int, int], Loader]:
+    """(epoch, total epochs) -> that epoch's loader: augmentation grows harsher over training."""
+    tc = p.train
+
+    def loader(epoch: int, total: int) -> Loader:
         strength = schedules.linear(epoch, total, p.augment.strength_start, p.augment.strength_end)
         seed = epoch_seed(p.base.seed, fold, epoch)
-        tf = build_transforms("train", strength, p.augment, **norm, seed=seed)
-        ds = split_dataset(index, "train", train_rows, tf, size)
-        sampler = balanced_sampler(targets, seed) if tc.sampler == "balanced" else None
-        g = torch.Generator().manual_seed(seed)
-        return torch.utils.data.DataLoader(
+        tf = build_transforms("train", strength, p.augment, **d.norm, seed=seed)
+        ds = split_dataset(d.index, "train", d.train_rows, tf, d.size)
+        if spec.pseudo is not None:
+            return mixed_loader(p, spec, d, ds, tf, epoch, seed)
+        sampler = balanced_sampler(d.targets, seed) if tc.sampler == "balanced" else None
+        return Loader(
             ds,
             batch_size=tc.batch_size,
             shuffle=sampler is None,
             sampler=sampler,
-            generator=g,
+            generator=torch.Generator().manual_seed(seed),
             drop_last=len(ds) > tc.batch_size,
             num_workers=tc.num_workers,
         )
 
-    plain = build_transforms("valid", 0, None, **norm)
-    valid_ds = split_dataset(index, "train", valid_rows, plain, size)
-    valid = acc.prepare(
-        torch.utils.data.DataLoader(
-            valid_ds, batch_size=tc.batch_size * 2, num_workers=tc.num_workers
+    return loader
+
+
+def precomputed_head(p: Params, head: Phase, net: nn.Module, d: FoldData, fold, acc) -> None:
+    """The backbone is fully frozen: run it once and train the classifier on its features."""
+    bs = p.train.batch_size
+    plain = build_transforms("valid", 0, None, **d.norm)
+    f_train, f_valid = (
+        features(
+            net.to(acc.device),
+            Loader(split_dataset(d.index, "train", rows, plain, d.size), batch_size=bs * 2),
+            acc,
         )
+        for rows in (d.train_rows, d.valid_rows)
     )
-    groups = model.layer_groups(net, p.model.n_groups)
+    y_valid = encode_labels(d.index.train["label"].iloc[d.valid_rows], d.index.classes, d.task)
+    feats = torch.utils.data.TensorDataset(f_train, torch.as_tensor(d.targets))
+
+    def feature_loader(epoch: int, total: int) -> Loader:
+        g = torch.Generator().manual_seed(epoch_seed(p.base.seed, fold, epoch))
+        return Loader(feats, batch_size=bs, shuffle=True, generator=g, drop_last=len(feats) > bs)
+
+    head.module, head.train_loader = net.get_classifier(), feature_loader
+    head.valid_loader = acc.prepare(
+        Loader(torch.utils.data.TensorDataset(f_valid, torch.as_tensor(y_valid)), batch_size=bs * 2)
+    )
+
+
+def head_phase(p: Params, spec: Spec, net, groups, loaders, valid, d, fold, acc) -> Phase:
+    hc, wd = p.head, p.train.weight_decay
     head_params = groups[-1][1]
-    phases = []
-    if hc.epochs:
-        head_lr = 1e-3 if hc.lr == "auto" else hc.lr  # auto: the range test rescales it
-        head = Phase(
-            "head",
-            hc.epochs,
-            net,
-            optimizer_groups("head", head_params, head_lr, tc.weight_decay),
-            train_loader,
-            valid,
-            find_lr=hc.lr == "auto",
-        )
-        if hc.precompute:  # the backbone is fully frozen: run it once, train the classifier
-            train_plain = split_dataset(index, "train", train_rows, plain, size)
-            loader = torch.utils.data.DataLoader(train_plain, batch_size=tc.batch_size * 2)
-            f_train = features(net.to(acc.device), loader, acc)
-            f_valid = features(
-                net, torch.utils.data.DataLoader(valid_ds, batch_size=tc.batch_size * 2), acc
-            )
-            y_valid = torch.as_tensor(valid_ds.labels)
-            feats = torch.utils.data.TensorDataset(f_train, torch.as_tensor(targets))
+    head_lr = 1e-3 if hc.lr == "auto" else hc.lr  # auto: the range test rescales it
+    head = Phase(
+        "head",
+        spec.head_epochs,
+        net,
+        optimizer_groups("head", head_params, head_lr, wd),
+        loaders,
+        valid,
+        find_lr=hc.lr == "auto",
+    )
+    if hc.precompute and spec.pseudo is None:  # a student's head sees augmented mixed batches
+        precomputed_head(p, head, net, d, fold, acc)
+    elif hc.train_bn:  # fastai's default: frozen groups' BatchNorm keeps learning
+        bn = [q for m in model.batchnorm_modules(net, head_params) for q in m.parameters()]
+        head.groups += optimizer_groups("bn", bn, head_lr, wd)
+    else:  # frozen BatchNorm: parameters and running statistics stay as loaded
+        head.frozen_bn = model.batchnorm_modules(net, head_params)
+    return head
 
-            def feature_loader(epoch: int, total: int) -> torch.utils.data.DataLoader:
-                g = torch.Generator().manual_seed(epoch_seed(p.base.seed, fold, epoch))
-                return torch.utils.data.DataLoader(
-                    feats,
-                    batch_size=tc.batch_size,
-                    shuffle=True,
-                    generator=g,
-                    drop_last=len(feats) > tc.batch_size,
-                )
 
-            head.module, head.train_loader = net.get_classifier(), feature_loader
-            head.valid_loader = acc.prepare(
-                torch.utils.data.DataLoader(
-                    torch.utils.data.TensorDataset(f_valid, y_valid), batch_size=tc.batch_size * 2
-                )
-            )
-        elif hc.train_bn:  # fastai's default: frozen groups' BatchNorm keeps learning
-            bn = [q for m in model.batchnorm_modules(net, head_params) for q in m.parameters()]
-            head.groups += optimizer_groups("bn", bn, head_lr, tc.weight_decay)
-        else:  # frozen BatchNorm: parameters and running statistics stay as loaded
-            head.frozen_bn = model.batchnorm_modules(net, head_params)
-        phases.append(head)
-    full_lr = 1e-3 if tc.lr == "auto" else tc.lr
-    peaks = schedules.geometric_lrs(full_lr, tc.lr_mult, len(groups))
-    full_groups = [
+def full_phase(p: Params, spec: Spec, net, groups, loaders, valid) -> Phase:
+    tc = p.train
+    peaks = schedules.geometric_lrs(1e-3 if spec.lr == "auto" else spec.lr, tc.lr_mult, len(groups))
+    opt_groups = [
         g
         for (n, ps), lr in zip(groups, peaks, strict=True)
         for g in optimizer_groups(n, ps, lr, tc.weight_decay)
     ]
-    phases.append(
-        Phase(
-            "full",
-            tc.epochs,
-            net,
-            full_groups,
-            train_loader,
-            valid,
-            schedule=tc.schedule,
-            find_lr=tc.lr == "auto",
-        )
-    )
-    trainable = {ph.name: {g["name"] for g in ph.groups} for ph in phases}
-    acc.print(
-        f"{name} fold {fold}: {len(train_rows)} train / {len(valid_rows)} valid rows, "
-        f"{len(groups)} layer groups\n{model.summary(groups, trainable)}"
+    return Phase(
+        "full",
+        spec.epochs,
+        net,
+        opt_groups,
+        loaders,
+        valid,
+        schedule=tc.schedule,
+        find_lr=spec.lr == "auto",
     )
 
-    cfg = LoopConfig(
+
+def valid_loader(p: Params, d: FoldData, acc: Accelerator) -> Loader:
+    """Fold k's validation rows with their real labels, never a pseudolabel."""
+    plain = build_transforms("valid", 0, None, **d.norm)
+    ds = split_dataset(d.index, "train", d.valid_rows, plain, d.size)
+    return acc.prepare(
+        Loader(ds, batch_size=p.train.batch_size * 2, num_workers=p.train.num_workers)
+    )
+
+
+class Recorder:
+    """Prints and logs every epoch (dvclive), keeps the best weights and the SGDR snapshots."""
+
+    def __init__(self, title: str, metric: str, live_path: Path, ckpt: Path, acc: Accelerator):
+        self.title, self.metric, self.acc = title, metric, acc
+        self.live_path, self.ckpt = live_path, ckpt
+        self.live = (
+            Live(dir=str(live_path), dvcyaml=None, save_dvc_exp=False, report=None)
+            if acc.is_main_process
+            else None
+        )
+
+    def log(self, row: dict) -> None:
+        self.acc.print(
+            f"{self.title} epoch {row['epoch']:>3} [{row['phase']}] "
+            f"train_loss {row['train_loss']:.4f} valid_loss {row['valid_loss']:.4f} "
+            f"valid_{self.metric} {row['valid_metric']:.4f} ({row['images_per_s']:.0f} img/s)"
+        )
+        if self.live is not None:
+            self.live.log_metric("train_loss", row["train_loss"])
+            self.live.log_metric("valid_loss", row["valid_loss"])
+            self.live.log_metric(f"valid_{self.metric}", row["valid_metric"])
+            self.live.log_metric("peak_lr", row["lr"])
+            self.live.log_metric("images_per_s", row["images_per_s"])
+            self.live.next_step()
+
+    def lr_find(self, phase: str, lrs: list[float], losses: list[float], chosen: float) -> None:
+        if self.live is not None:
+            curve = "lr\tloss\n" + "".join(
+                f"{a:.6g}\t{b:.6g}\n" for a, b in zip(lrs, losses, strict=True)
+            )
+            (self.live_path / "plots" / "lr_find").mkdir(parents=True, exist_ok=True)
+            (self.live_path / "plots" / "lr_find" / f"{phase}.tsv").write_text(curve)
+            self.live.summary.setdefault("lr_find", {})[phase] = chosen
+
+    def best(self, m: nn.Module, row: dict) -> None:
+        if self.acc.is_main_process:
+            model.save_weights(m, self.ckpt / "best.safetensors")
+
+    def snapshot(self, m: nn.Module, cycle: int) -> None:
+        if self.acc.is_main_process:
+            model.save_weights(m, self.ckpt / "snapshots" / f"cycle{cycle}.safetensors")
+
+
+def save_outputs(net, hist, rec: Recorder, out: Path, info: dict) -> None:
+    """The kept epoch's weights, model.json and snapshots, replacing `out` whole."""
+    best = hist.rows[hist.best_epoch - 1]
+    rec.acc.print(
+        f"{rec.title}: best epoch {hist.best_epoch} [{best['phase']}] "
+        f"(valid_{rec.metric} {best['valid_metric']:.4f}) is the one kept"
+    )
+    net.load_state_dict(load_file(str(rec.ckpt / "best.safetensors")))
+    info = {**info, "best_epoch": hist.best_epoch, "best_valid_metric": best["valid_metric"]}
+    with atomic_dir(out) as tmp:  # weights, model.json and snapshots appear together
+        model.save(net, tmp, {**info, "phase_lrs": hist.lrs})
+        if (rec.ckpt / "snapshots").exists():
+            shutil.copytree(rec.ckpt / "snapshots", tmp / "snapshots")
+    rec.live.summary["best_epoch"] = hist.best_epoch
+    rec.live.end()
+    shutil.rmtree(rec.ckpt)  # finished: the next run with these params starts afresh
+
+
+# --- the recipe ---------------------------------------------------------------------------
+
+
+def loop_config(p: Params, task: str, weights: np.ndarray | None, key: str) -> LoopConfig:
+    tc = p.train
+    return LoopConfig(
         task=task,
         pct_start=tc.pct_start,
         div=tc.div,
@@ -243,96 +415,111 @@ def run(
         label_smoothing=tc.label_smoothing,
         lr_find=p.lr_find,
         class_weights=None if weights is None else [float(w) for w in weights],
-        key=fingerprint(p, name, fold, index.root / "train.csv", FOLDS),
+        key=key,
     )
-    ckpt = ckpt_dir / name / f"fold{fold}"
-    live_path = live_dir / name / f"fold{fold}"
-    live = (
-        Live(dir=str(live_path), dvcyaml=None, save_dvc_exp=False, report=None)
-        if acc.is_main_process
-        else None
-    )
-    metric_name = p.competition.metric
 
-    def log(row: dict) -> None:
+
+def model_info(p: Params, name: str, fold: int, spec: Spec, d: FoldData) -> dict:
+    """model.json: how predict rebuilds the model, and what it was trained on."""
+    info = {
+        "name": name,
+        "fold": fold,
+        "role": spec.role.name,
+        "task": d.task,
+        "classes": d.index.classes,
+        "image_size": d.size,
+        "mean": list(d.norm["mean"]),
+        "std": list(d.norm["std"]),
+        "metric": p.competition.metric,
+    }
+    if spec.pseudo is not None:
+        info["pseudolabeled"] = len(spec.pseudo)
+        info["init"] = str(spec.init) if spec.init else "scratch"
+    return info
+
+
+def run(p: Params, name: str, fold: int, student: bool = False) -> None:
+    spec = student_spec(p, name, fold) if student else teacher_spec(p)
+    if isinstance(spec, str):  # no student this time: say why in its output folder
+        with atomic_dir(STUDENT.models / name / f"fold{fold}") as tmp:
+            write_skipped(tmp, spec)
+        print(f"train: student {name} fold {fold} skipped: {spec}")
+        return
+    gpu = torch.cuda.is_available()
+    acc = Accelerator(cpu=not gpu, mixed_precision=p.train.mixed_precision if gpu else "no")
+    set_seed(p.base.seed + fold)
+    index = read_index()
+    net = build_model(p, name, len(index.classes), spec)
+    d = fold_data(p, index, net, fold, acc)
+    weights = class_weights(d.targets, len(index.classes), p.train.class_weights,
+                            p.train.effective_beta)  # fmt: skip
+    if weights is not None:
         acc.print(
-            f"{name} fold {fold} epoch {row['epoch']:>3} [{row['phase']}] "
-            f"train_loss {row['train_loss']:.4f} valid_loss {row['valid_loss']:.4f} "
-            f"valid_{metric_name} {row['valid_metric']:.4f} ({row['images_per_s']:.0f} img/s)"
+            f"class weights ({p.train.class_weights}): "
+            + ", ".join(f"{c}={w:.3f}" for c, w in zip(index.classes, weights, strict=True))
         )
-        if live is not None:
-            live.log_metric("train_loss", row["train_loss"])
-            live.log_metric("valid_loss", row["valid_loss"])
-            live.log_metric(f"valid_{metric_name}", row["valid_metric"])
-            live.log_metric("peak_lr", row["lr"])
-            live.log_metric("images_per_s", row["images_per_s"])
-            live.next_step()
-
-    def on_lr_find(phase: str, lrs: list[float], losses: list[float], chosen: float) -> None:
-        if live is not None:
-            curve = "lr\tloss\n" + "".join(
-                f"{a:.6g}\t{b:.6g}\n" for a, b in zip(lrs, losses, strict=True)
-            )
-            (live_path / "plots" / "lr_find").mkdir(parents=True, exist_ok=True)
-            (live_path / "plots" / "lr_find" / f"{phase}.tsv").write_text(curve)
-            live.summary.setdefault("lr_find", {})[phase] = chosen
-
-    def on_best(m: nn.Module, row: dict) -> None:
-        if acc.is_main_process:
-            model.save_weights(m, ckpt / "best.safetensors")
-
-    def on_snapshot(m: nn.Module, cycle: int) -> None:
-        if acc.is_main_process:
-            model.save_weights(m, ckpt / "snapshots" / f"cycle{cycle}.safetensors")
+    loaders, valid = train_loaders(p, spec, d, fold), valid_loader(p, d, acc)
+    groups = model.layer_groups(net, p.model.n_groups)
+    phases = [full_phase(p, spec, net, groups, loaders, valid)]
+    if spec.head_epochs:
+        phases.insert(0, head_phase(p, spec, net, groups, loaders, valid, d, fold, acc))
+    title = f"{'student ' if student else ''}{name} fold {fold}"
+    describe(title, spec, d, groups, phases, p, acc)
+    key = fingerprint(p, name, fold, index.root / "train.csv", FOLDS, *spec.files, student=student)
+    ckpt = spec.role.ckpt / name / f"fold{fold}"
+    rec = Recorder(title, p.competition.metric, spec.role.live / name / f"fold{fold}", ckpt, acc)
 
     def metric(probs: np.ndarray, t: np.ndarray) -> float:
-        return metrics.score(metric_name, probs, t)
+        return metrics.score(p.competition.metric, probs, t)
 
-    hist = fit(
-        net, phases, cfg, metric, acc, ckpt / "state.pt", log, on_best, on_lr_find, on_snapshot
+    cfg = loop_config(p, d.task, weights, key)
+    hist = fit(net, phases, cfg, metric, acc, ckpt / "state.pt", rec.log, rec.best, rec.lr_find,
+               rec.snapshot)  # fmt: skip
+    check_replicas(net, acc)
+    if acc.is_main_process:
+        out = spec.role.models / name / f"fold{fold}"
+        save_outputs(net, hist, rec, out, model_info(p, name, fold, spec, d))
+    acc.wait_for_everyone()
+
+
+def describe(title: str, spec: Spec, d: FoldData, groups, phases, p: Params, acc) -> None:
+    """What trains in which phase; for a student, how its batches are mixed."""
+    trainable = {ph.name: {g["name"] for g in ph.groups} for ph in phases}
+    extra = "" if spec.pseudo is None else f" + {len(spec.pseudo)} pseudolabeled test images"
+    acc.print(
+        f"{title}: {len(d.train_rows)} train / {len(d.valid_rows)} valid rows{extra}, "
+        f"{len(groups)} layer groups\n{model.summary(groups, trainable)}"
     )
+    if spec.pseudo is not None:
+        mix_note(p, spec, acc)
+
+
+def mix_note(p: Params, spec: Spec, acc: Accelerator) -> None:
+    n = pseudo_per_batch(p.train.batch_size, spec.mix.ratio) if len(spec.pseudo) else 0
+    if not len(spec.pseudo):
+        acc.print(
+            f"warning: no test image reached pseudo.threshold {spec.mix.threshold}; the student "
+            "trains on labeled rows only"
+        )
+    acc.print(
+        f"batches: {n} pseudolabeled + {p.train.batch_size - n} labeled "
+        f"({n / p.train.batch_size:.1%} pseudo), pseudo loss weight {spec.mix.weight}"
+        + (f" ramped up over {spec.mix.weight_rampup} epochs" if spec.mix.weight_rampup else "")
+    )
+
+
+def check_replicas(net: nn.Module, acc: Accelerator) -> None:
     sums = weights_checksum(net, acc)
     if len(sums) > 1:
         if len(set(sums)) != 1:
             raise RuntimeError(f"replicas diverged: weight checksums {sums}")
         acc.print(f"weights identical on {len(sums)} processes (checksum {sums[0]:.6f})")
-    if acc.is_main_process:
-        best = hist.rows[hist.best_epoch - 1]
-        acc.print(
-            f"{name} fold {fold}: best epoch {hist.best_epoch} [{best['phase']}] "
-            f"(valid_{metric_name} {best['valid_metric']:.4f}) is the one kept"
-        )
-        net.load_state_dict(load_file(str(ckpt / "best.safetensors")))
-        out = models_dir / name / f"fold{fold}"
-        with atomic_dir(out) as tmp:  # weights, model.json and snapshots appear together
-            model.save(
-                net,
-                tmp,
-                {
-                    "name": name,
-                    "fold": fold,
-                    "task": task,
-                    "classes": classes,
-                    "image_size": size,
-                    "mean": list(norm["mean"]),
-                    "std": list(norm["std"]),
-                    "metric": metric_name,
-                    "best_epoch": hist.best_epoch,
-                    "best_valid_metric": best["valid_metric"],
-                    "phase_lrs": hist.lrs,
-                },
-            )
-            if (ckpt / "snapshots").exists():
-                shutil.copytree(ckpt / "snapshots", tmp / "snapshots")
-        live.summary["best_epoch"] = hist.best_epoch
-        live.end()
-        shutil.rmtree(ckpt)  # finished: the next run with these params starts afresh
-    acc.wait_for_everyone()
 
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="python -m pipeline train")
     ap.add_argument("--model", required=True)
     ap.add_argument("--fold", type=int, required=True)
+    ap.add_argument("--student", action="store_true", help="fold k's student (pseudolabels)")
     a = ap.parse_args(argv)
-    run(load_params(), a.model, a.fold)
+    run(load_params(), a.model, a.fold, student=a.student)

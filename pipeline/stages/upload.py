@@ -16,7 +16,6 @@ Receipt: {"status": "skipped" | "complete" | "pending" | "error", "competition",
 from __future__ import annotations
 
 import argparse
-import hashlib
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline import kaggle
-from pipeline.files import PipelineError, read_json, write_json
+from pipeline.files import PipelineError, read_json, sha256, write_json
 from pipeline.metrics import validate_submission
 from pipeline.params import load_params
 
@@ -52,7 +51,7 @@ def run(
         "status": "skipped",
         "competition": competition,
         "file": str(submission),
-        "sha256": _sha256(submission),
+        "sha256": sha256(submission),
         "message": None,
         "submission_ref": None,
         "public_score": None,
@@ -127,14 +126,6 @@ def _git_rev() -> str:
     return f"{rev}+dirty" if dirty else rev
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -151,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         poll_interval_s=up.poll_interval_s,
         submission=Path("submissions/submission.csv"),
         prepared_dir=Path("data/prepared"),
-        metrics_path=Path("metrics/cv.json"),
+        metrics_path=Path("metrics/final.json"),
         receipt_path=Path("submissions/receipt.json"),
-        models=p.train.backbones,
+        models=p.train.backbones
+        + ([f"students {','.join(p.pseudo.backbones)}"] if p.pseudo.enabled else []),
     )
     return 0
 

@@ -1,0 +1,151 @@
+"""Lay out real small image competitions the way Kaggle ships them, to check the pipeline beyond
+its built-in demo. Every image comes from scikit-learn's bundled digits (1,797 real 8x8 scans).
+
+    python benchmarks/competitions.py tiny DEST [--seed N]        # csv layout, 4 classes
+    python benchmarks/competitions.py multilabel DEST [--seed N]  # planet layout, digit tags
+
+tiny: digits 3, 5, 8 and 9 (the most confusable) as 100 training and 400 test images, stratified:
+train.csv (id,label), train/<id>.png, test/<id>.png, sample_submission.csv (id,label) and the
+private solution.csv (id,label) in the sample's order, as pipeline/stages/download.py:write_demo.
+
+multilabel: 16x16 images holding two or three different digits of 0-5 in a 2x2 grid of 8x8 cells
+(the rest empty); the tags are the digits present. Mirrors planet: train_v2.csv (image_name,tags),
+train-jpg/train_<n>.png, test-jpg/test_<n>.png (PNG kept: JPEG would smear 8 px digits),
+sample_submission.csv and solution.csv (image_name,tags). The source digits are split into a
+train pool and a test pool first, so no digit scan appears in both splits.
+
+DEST must not exist or be empty; the competition is written beside it and renamed into place.
+Then point params.yaml at it: competition.source: path, competition.path: DEST (multilabel also
+competition.metric: f2_samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+TINY_CLASSES = (3, 5, 8, 9)
+TINY_TRAIN, TINY_TEST = 100, 400
+TAGS = tuple(range(6))  # multilabel: the digits used as tags
+ML_TRAIN, ML_TEST = 600, 600
+CELL = 8  # px, one digit
+
+
+def digits_uint8() -> tuple[np.ndarray, np.ndarray]:
+    """The digits as uint8 grayscale (0-16 scaled to 0-255, as write_demo) and their targets."""
+    d = load_digits()
+    return (d.images * (255 / 16)).round().astype(np.uint8), d.target
+
+
+def random_ids(n: int, rng: np.random.Generator) -> np.ndarray:
+    """n distinct random 5-digit ids, as write_demo draws them."""
+    return np.array([f"{k:05d}" for k in rng.permutation(100_000)[:n]])
+
+
+def save_png(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img, mode="L").save(path)
+
+
+def write_tiny(dest: Path, seed: int) -> None:
+    """csv layout: a stratified 100/400 split of four confusable digit classes."""
+    images, target = digits_uint8()
+    rng = np.random.default_rng(seed)
+    rows = np.flatnonzero(np.isin(target, TINY_CLASSES))
+    tr, te = train_test_split(
+        rows,
+        train_size=TINY_TRAIN,
+        test_size=TINY_TEST,
+        stratify=target[rows],
+        random_state=seed,
+    )
+    ids = random_ids(len(images), rng)
+    for split, idx in (("train", tr), ("test", te)):
+        for i in idx:
+            save_png(dest / split / f"{ids[i]}.png", images[i])
+    pd.DataFrame({"id": ids[tr], "label": target[tr]}).to_csv(dest / "train.csv", index=False)
+    order = rng.permutation(te)  # the sample's order is its own, not the files'
+    sample = pd.DataFrame({"id": ids[order], "label": TINY_CLASSES[0]})
+    sample.to_csv(dest / "sample_submission.csv", index=False)
+    sample.assign(label=target[order]).to_csv(dest / "solution.csv", index=False)
+
+
+def composite(pool: dict[int, np.ndarray], images: np.ndarray, rng: np.random.Generator):
+    """One 16x16 image of 2-3 different digits in random cells of a 2x2 grid, and its tags."""
+    tags = sorted(rng.choice(TAGS, size=rng.integers(2, 4), replace=False).tolist())
+    canvas = np.zeros((2 * CELL, 2 * CELL), dtype=np.uint8)
+    for tag, cell in zip(tags, rng.permutation(4), strict=False):
+        r, c = divmod(int(cell), 2)
+        canvas[r * CELL : (r + 1) * CELL, c * CELL : (c + 1) * CELL] = images[rng.choice(pool[tag])]
+    return canvas, " ".join(map(str, tags))
+
+
+def tag_pools(target: np.ndarray, seed: int) -> tuple[dict[int, np.ndarray], dict]:
+    """Source digits of each tag split half/half into a train pool and a test pool."""
+    rows = np.flatnonzero(np.isin(target, TAGS))
+    tr, te = train_test_split(rows, test_size=0.5, stratify=target[rows], random_state=seed)
+    return ({t: tr[target[tr] == t] for t in TAGS}, {t: te[target[te] == t] for t in TAGS})
+
+
+def write_split(folder: Path, prefix: str, n: int, pool: dict, images, rng) -> pd.DataFrame:
+    names, tags = [f"{prefix}_{i}" for i in range(n)], []
+    for name in names:
+        img, t = composite(pool, images, rng)
+        save_png(folder / f"{name}.png", img)
+        tags.append(t)
+    return pd.DataFrame({"image_name": names, "tags": tags})
+
+
+def write_multilabel(dest: Path, seed: int) -> None:
+    """planet layout: train_v2.csv + train-jpg/, test-jpg/, tags of the digits present."""
+    images, target = digits_uint8()
+    rng = np.random.default_rng(seed)
+    train_pool, test_pool = tag_pools(target, seed)
+    train = write_split(dest / "train-jpg", "train", ML_TRAIN, train_pool, images, rng)
+    test = write_split(dest / "test-jpg", "test", ML_TEST, test_pool, images, rng)
+    train.to_csv(dest / "train_v2.csv", index=False)
+    test.assign(tags="0 1").to_csv(dest / "sample_submission.csv", index=False)
+    test.to_csv(dest / "solution.csv", index=False)
+
+
+KINDS: dict[str, Callable[[Path, int], None]] = {"tiny": write_tiny, "multilabel": write_multilabel}
+
+
+def write_into(dest: Path, kind: str, seed: int) -> None:
+    """Write beside `dest`, then rename into place: DEST never holds half a competition."""
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        sys.exit(f"error: {dest} exists and is not an empty folder; pick a new DEST")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        KINDS[kind](tmp, seed)
+        if dest.exists():
+            dest.rmdir()
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("kind", choices=sorted(KINDS))
+    ap.add_argument("dest", type=Path, help="output folder (must not exist or be empty)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    write_into(args.dest, args.kind, args.seed)
+    print(f"{args.kind}: competition written to {args.dest}/")
+
+
+if __name__ == "__main__":
+    main()

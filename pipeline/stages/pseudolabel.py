@@ -1,0 +1,210 @@
+"""pseudolabel: label the test set for every fold's student, from that fold's teachers only.
+
+    python -m pipeline pseudolabel      # reads pseudo.*, train.backbones, base.folds, metric
+
+`pseudo.source: fold` (the default): fold k's student learns from the mean of the fold-k teachers'
+test predictions (preds/<model>/fold<k>/test.csv, TTA-averaged over every teacher backbone). Those
+teachers never trained on fold k's validation rows, so the student's CV on them stays honest.
+`source: ensemble` gives every fold the blend of all teachers (ensemble/test.csv); the other
+folds' teachers trained on fold k's validation rows, so that CV is optimistic.
+
+Selection: an image is kept when its confidence reaches `pseudo.threshold` (single-label: the top
+probability; multi-label: every tag's probability outside [1 - t, t]). With `class_cap`, no class
+takes more than its share of the fold's training rows of the kept images (the most confident stay).
+Targets: the probabilities (`soft`, sharpened by `temperature`) or hard labels (multi-label: tags
+through thresholds tuned on the other folds' out-of-fold predictions, or the ensemble's).
+
+Writes pseudo/fold<k>/labels.csv (id, label, confidence, one target column per class: what the
+student trains on), pseudo/fold<k>/source.json (provenance: source, teachers and the sha256 of
+their weights, settings, counts) and metrics/pseudo.json (kept and dropped per class and fold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import metrics
+from pipeline.files import atomic_dir, read_json, sha256, write_csv, write_json
+from pipeline.index import Index, encode_labels, fold_rows, read_folds, read_index
+from pipeline.params import Pseudo, load_params
+from pipeline.preds import fold_blend, read_preds
+
+PSEUDO = Path("pseudo")
+LEAK_WARNING = (
+    "WARNING: pseudo.source: ensemble labels every fold's student with the blend of all "
+    "teachers; the teachers of the other folds trained on fold k's validation rows, so the "
+    "students' CV is optimistic (it leaks validation labels). Use source: fold for an honest CV."
+)
+
+
+# --- selection: pure functions of the probabilities ---------------------------------------
+
+
+def confidence(probs: np.ndarray, task: str) -> np.ndarray:
+    """Top probability; multi-label: the least certain tag's max(p, 1 - p)."""
+    if task == "multi_label":
+        return np.maximum(probs, 1 - probs).min(1)
+    return probs.max(1)
+
+
+def cap_to_shares(pred: np.ndarray, conf: np.ndarray, keep: np.ndarray, shares: np.ndarray):
+    """Keep at most ceil(share_c * kept) images of class c, the most confident first."""
+    out, n = np.zeros_like(keep), int(keep.sum())
+    for c, share in enumerate(shares):
+        rows = np.flatnonzero(keep & (pred == c))
+        top = rows[np.argsort(-conf[rows], kind="stable")][: math.ceil(share * n)]
+        out[top] = True
+    return out
+
+
+def select(
+    probs: np.ndarray, task: str, threshold: float, shares: np.ndarray | None = None
+) -> np.ndarray:
+    """Boolean mask of the kept images: confidence >= threshold, then the class cap if given."""
+    conf = confidence(probs, task)
+    keep = conf >= threshold
+    if shares is not None and task != "multi_label":
+        keep = cap_to_shares(probs.argmax(1), conf, keep, shares)
+    return keep
+
+
+def soft_targets(probs: np.ndarray, task: str, temperature: float) -> np.ndarray:
+    """p ** (1/T) renormalised per image (multi-label: per tag, against 1 - p)."""
+    p = np.clip(probs, metrics.EPS, 1 - metrics.EPS) ** (1 / temperature)
+    if task == "multi_label":
+        return p / (p + np.clip(1 - probs, metrics.EPS, 1) ** (1 / temperature))
+    return p / p.sum(1, keepdims=True)
+
+
+def hard_targets(probs: np.ndarray, task: str, thresholds: np.ndarray | None) -> np.ndarray:
+    """One-hot of the top class; multi-label: the tags over their thresholds (multi-hot)."""
+    if task == "multi_label":
+        return metrics.decide_tags(probs, 0.5 if thresholds is None else thresholds).astype(float)
+    return np.eye(probs.shape[1])[probs.argmax(1)]
+
+
+# --- one fold ------------------------------------------------------------------------------
+
+
+def label_frame(
+    probs: pd.DataFrame, task: str, ps: Pseudo, shares: np.ndarray | None, thresholds
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept rows: id, label, confidence, targets per class; counts per class kept/dropped)."""
+    p, classes = probs.to_numpy(), list(probs.columns)
+    keep = select(p, task, ps.threshold, shares if ps.class_cap else None)
+    hard = hard_targets(p, task, thresholds)
+    names = np.array(classes)
+    label = (
+        [" ".join(names[row.astype(bool)]) for row in hard]
+        if task == "multi_label"
+        else names[p.argmax(1)].tolist()
+    )
+    tgt = soft_targets(p, task, ps.temperature) if ps.soft else hard
+    frame = pd.DataFrame(tgt, columns=classes)
+    frame.insert(0, "confidence", confidence(p, task).round(6))
+    frame.insert(0, "label", label)
+    frame.insert(0, "id", probs.index.to_numpy())
+    counts = pd.DataFrame({"kept": hard[keep].sum(0), "dropped": hard[~keep].sum(0)}, index=classes)
+    return frame[keep].reset_index(drop=True), counts
+
+
+def train_shares(index: Index, rows: np.ndarray) -> np.ndarray:
+    """Each class's fraction of the fold's training rows (the class cap's proportions)."""
+    t = encode_labels(index.train["label"].iloc[rows], index.classes, index.meta["task"])
+    return np.bincount(t, minlength=len(index.classes)) / len(t) if t.ndim == 1 else None
+
+
+def other_folds_thresholds(index: Index, dirs: list[Path], fold: int, folds: list[int], metric):
+    """Multi-label thresholds tuned on the OOF predictions of every fold but `fold`: no label of
+    fold k's validation rows decides fold k's pseudolabels."""
+    oof = pd.concat([fold_blend(dirs, j, "oof", index.classes) for j in folds if j != fold])
+    truth = index.train.set_index("id").loc[oof.index, "label"]
+    targets = encode_labels(truth, index.classes, "multi_label")
+    return metrics.tune_thresholds(metric, oof.to_numpy(), targets)
+
+
+def teacher_weights(models: Path, backbones: list[str], fold: int) -> dict[str, str]:
+    """sha256 of each fold-k teacher's weights: a student refining one checks it is the same."""
+    return {b: sha256(models / b / f"fold{fold}" / "model.safetensors") for b in backbones}
+
+
+# --- the stage -----------------------------------------------------------------------------
+
+
+def fold_inputs(index, ps: Pseudo, backbones, folds, fold, metric, preds: Path, ens: Path):
+    """(test probabilities, multi-label thresholds, who labelled) for fold `fold`'s student."""
+    multi = index.meta["task"] == "multi_label"
+    if ps.source == "ensemble":
+        probs = read_preds(ens / "test.csv", index.classes)
+        tuned = read_json(ens / "thresholds.json")["thresholds"]
+        thr = np.array([tuned[c] for c in index.classes]) if tuned else None
+        return probs, thr, ["ensemble of all teachers"]
+    dirs = [preds / b for b in backbones]
+    probs = fold_blend(dirs, fold, "test", index.classes)
+    thr = other_folds_thresholds(index, dirs, fold, folds, metric) if multi else None
+    return probs, thr, [f"{b} fold {fold}" for b in backbones]
+
+
+def label_fold(index: Index, ps: Pseudo, k: int, inputs, fold_table) -> tuple[pd.DataFrame, dict]:
+    """Fold k's kept pseudolabels and its provenance record (with counts per class)."""
+    probs, thresholds, who = inputs
+    shares = train_shares(index, fold_rows(index, fold_table, k)[0])
+    frame, counts = label_frame(
+        probs.loc[index.test["id"]], index.meta["task"], ps, shares, thresholds
+    )
+    info = {"labelled_by": who, "kept": len(frame), "of": len(index.test)}
+    info["per_class"] = {c: {k: int(v) for k, v in row.items()} for c, row in counts.iterrows()}
+    return frame, info
+
+
+def run(
+    ps: Pseudo,
+    backbones: list[str],
+    folds: list[int],
+    metric: str,
+    preds: Path = Path("preds"),
+    models: Path = Path("models"),
+    ens: Path = Path("ensemble"),
+    out: Path = PSEUDO,
+    out_metrics: Path = Path("metrics/pseudo.json"),
+) -> dict:
+    index = read_index()
+    n_train, n_test = len(index.train), len(index.test)
+    report: dict = {"enabled": ps.enabled, "source": ps.source, "threshold": ps.threshold}
+    if ps.enabled and n_test < n_train / 2:
+        print(
+            f"warning: the test set ({n_test} images) is less than half the training set "
+            f"({n_train}); pseudolabels add little when the test set is much smaller"
+        )
+    if ps.enabled and ps.source == "ensemble":
+        print(LEAK_WARNING)
+    fold_table = read_folds()
+    empty = pd.DataFrame(columns=["id", "label", "confidence", *index.classes])
+    with atomic_dir(out) as tmp:  # every fold's labels appear together or not at all
+        for k in folds:
+            info = {"enabled": ps.enabled, **ps.model_dump(exclude={"enabled"})}
+            info["teacher_weights"] = teacher_weights(models, backbones, k)
+            frame = empty
+            if ps.enabled:
+                inputs = fold_inputs(index, ps, backbones, folds, k, metric, preds, ens)
+                frame, found = label_fold(index, ps, k, inputs, fold_table)
+                info |= found
+                report[f"fold{k}"] = {"kept": found["kept"], "per_class": found["per_class"]}
+                print(f"pseudolabel: fold {k}: {len(frame)} of {n_test} test images kept")
+            write_csv(tmp / f"fold{k}" / "labels.csv", frame)
+            write_json(tmp / f"fold{k}" / "source.json", info)
+    if not ps.enabled:
+        print("pseudolabel: pseudo.enabled is false: no pseudolabels, no student trains")
+    write_json(out_metrics, report)
+    return report
+
+
+def main(argv: list[str]) -> None:
+    argparse.ArgumentParser(prog="python -m pipeline pseudolabel").parse_args(argv)
+    p = load_params()
+    run(p.pseudo, p.train.backbones, p.base.folds, p.competition.metric)
