@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -99,8 +98,8 @@ def run(tta: Tta, name: str, fold: int, role: Role = TEACHER) -> None:
             frame.insert(0, "id", ids.to_numpy())
             write_csv(tmp / ("oof.csv" if split == "train" else "test.csv"), frame)
     print(
-        f"predict: {role.name} {name} fold {fold}, {len(valid_rows)} oof + {len(index.test)} test rows, "
-        f"TTA views {tta.views} -> {out}/"
+        f"predict: {role.name} {name} fold {fold}, {len(valid_rows)} oof + {len(index.test)} "
+        f"test rows, TTA views {tta.views} -> {out}/"
     )
 
 
