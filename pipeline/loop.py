@@ -117,6 +117,8 @@ class Criterion(nn.Module):
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor, item_weights=None) -> torch.Tensor:
         logits = logits.float()
+        if item_weights is None and (y.ndim == 1 or self.task == "multi_label"):
+            return self._mean(logits, y)  # torch's own reduction: a teacher's exact numbers
         if self.task == "multi_label":
             per = nn.functional.binary_cross_entropy_with_logits(
                 logits, y.float(), pos_weight=self.weight, reduction="none"
@@ -133,6 +135,15 @@ class Criterion(nn.Module):
         if item_weights is not None:
             per = per * item_weights.to(per.dtype)
         return per.sum() / norm.sum()
+
+    def _mean(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.task == "multi_label":
+            return nn.functional.binary_cross_entropy_with_logits(
+                logits, y.float(), pos_weight=self.weight
+            )
+        return nn.functional.cross_entropy(
+            logits, y, weight=self.weight, label_smoothing=self.smoothing
+        )
 
 
 def loss_function(cfg: LoopConfig, device: torch.device) -> Criterion:

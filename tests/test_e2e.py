@@ -1,5 +1,7 @@
 """End to end: `dvc repro` on a tiny generated competition, in a temporary copy of the project."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -14,10 +16,32 @@ def ran(result) -> list[str]:
     ]
 
 
+TEACHERS = {"train@resnet10t-0", "train@resnet10t-1", "predict@resnet10t-0", "ensemble"}
+ROUND = {
+    "pseudolabel",
+    "train_student@resnet10t-0",
+    "train_student@resnet10t-1",
+    "predict_student@resnet10t-1",
+    "ensemble_final",
+    "submit",
+}
+
+
 def test_dvc_repro_end_to_end(project, tiny_comp):
+    project.set_params({"pseudo": {"threshold": 0.0}})  # a 1-epoch teacher is never confident
     first = project.run(["dvc", "repro"])
     assert ran(first)[:3] == ["download", "prepare", "folds"]
-    assert {"train@resnet10t-0", "train@resnet10t-1", "submit", "upload"} <= set(ran(first))
+    order = ran(first)
+    assert TEACHERS | ROUND | {"upload"} <= set(order)
+    # teacher -> pseudolabel -> student -> final ensemble -> submit
+    steps = ["ensemble", "pseudolabel", "train_student@resnet10t-0", "ensemble_final", "submit"]
+    assert [order.index(s) for s in steps] == sorted(order.index(s) for s in steps)
+    assert (project.path / "students/models/resnet10t/fold0/model.safetensors").exists()
+    final = json.loads((project.path / "metrics/final.json").read_text())
+    assert final["submitted"] == "student resnet10t"
+    assert {"teacher_cv", "student_cv", "student_minus_teacher"} <= set(final)
+    summary = project.run(["pipeline", "summary"]).stdout
+    assert "teachers" in summary and "students" in summary
 
     sub = pd.read_csv(project.path / "submissions/submission.csv", dtype=str)
     sample = pd.read_csv(tiny_comp / "sample_submission.csv", dtype=str)
@@ -31,6 +55,13 @@ def test_dvc_repro_end_to_end(project, tiny_comp):
 
     # nothing changed: nothing runs
     assert ran(project.run(["dvc", "repro"])) == []
+    # only the pseudolabel threshold (now nothing is kept): the round reruns, no teacher does
+    project.set_params({"pseudo": {"threshold": 1.0}})
+    pseudo = ran(project.run(["dvc", "repro"]))
+    assert {"pseudolabel", "train_student@resnet10t-0", "ensemble_final", "submit"} <= set(pseudo)
+    assert not TEACHERS & set(pseudo) and not any(
+        s.startswith(("train@", "predict@")) for s in pseudo
+    )
     # one train param: train and what follows, nothing upstream
     project.set_params({"train": {"lr": 0.002}})
     again = ran(project.run(["dvc", "repro"]))

@@ -153,7 +153,7 @@ def test_ensemble_and_submit_stages_shape_like_the_sample(tmp_path, monkeypatch,
     )
     cv = ensemble.run(["m"], [0, 1], over["metric"])
     assert cv["metric"] == over["metric"] and cv["cv"] == cv[over["metric"]]
-    submit.run(over["metric"])
+    submit.run(over["metric"], blend=tmp_path / "ensemble")
     sub = pd.read_csv(tmp_path / "submissions" / "submission.csv")
     sample = pd.read_csv(tmp_path / "data" / "raw" / "sample_submission.csv")
     assert list(sub.columns) == list(sample.columns)

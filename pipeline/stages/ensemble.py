@@ -98,8 +98,11 @@ def run(
     cv, thresholds = score(index, metric, oof, oofs)
     write_blend(index, metric, oof, test, thresholds, out, out_confusion)
     write_json(out_metrics, cv)
-    others = ", ".join(f"{k} {v:.4f}" for k, v in cv.items() if isinstance(v, float))
-    print(f"ensemble: {len(backbones)} backbone(s) x {len(folds)} folds, CV {metric} ({others})")
+    others = ", ".join(f"{k} {v:.4f}" for k, v in cv.items() if isinstance(v, float) and k != "cv")
+    print(
+        f"ensemble: {len(backbones)} backbone(s) x {len(folds)} folds, CV {metric} "
+        f"{cv['cv']:.4f} ({others})"
+    )
     return cv
 
 

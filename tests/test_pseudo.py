@@ -1,0 +1,312 @@
+"""The semi-supervised round: selection, mixing 1:N, soft-label loss, no fold leakage, students."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline import model
+from pipeline.data import mixed_batches, pseudo_per_batch
+from pipeline.files import PipelineError
+from pipeline.index import fold_rows, read_folds, read_index
+from pipeline.loop import Criterion
+from pipeline.params import Pseudo, parse_params
+from pipeline.stages import ensemble, predict, pseudolabel, submit, train
+from tests.conftest import CLASSES, tiny_params
+
+# --- mixing: every batch 1:N ------------------------------------------------------------
+
+
+def test_pseudo_share_of_a_batch():
+    assert pseudo_per_batch(64, 3) == 16  # 16 pseudo + 48 labeled
+    assert pseudo_per_batch(64, 2) == 21  # 64 / 3 = 21.3 -> 21 + 43
+    assert pseudo_per_batch(64, 4) == 13  # 12.8 -> 13 + 51
+    assert pseudo_per_batch(8, 3) == 2
+
+
+@pytest.mark.parametrize("ratio", [2, 2.5, 3, 4])
+@pytest.mark.parametrize(("n_labeled", "n_pseudo"), [(500, 40), (500, 3000), (97, 10)])
+def test_every_batch_holds_the_configured_split(ratio, n_labeled, n_pseudo):
+    batch = 32
+    order = np.random.default_rng(0).permutation(n_labeled)
+    batches = mixed_batches(order, n_pseudo, batch, ratio, seed=1)
+    want_ps = pseudo_per_batch(batch, ratio)
+    splits = [(sum(i < n_labeled for i in b), sum(i >= n_labeled for i in b)) for b in batches]
+    for lab, ps in splits[:-1]:
+        assert (lab, ps) == (batch - want_ps, want_ps)
+    lab, ps = splits[-1]  # the rest of the labeled rows: their share within one item
+    assert abs(ps - lab / ratio) <= 1
+    labeled = [i for b in batches for i in b if i < n_labeled]
+    assert sorted(labeled) == list(range(n_labeled))  # every labeled row exactly once
+    pseudo = Counter(i - n_labeled for b in batches for i in b if i >= n_labeled)
+    assert set(pseudo) <= set(range(n_pseudo))
+    used = sum(pseudo.values())
+    if used >= n_pseudo:  # they cycle: each one used floor or ceil of used / n times
+        assert len(pseudo) == n_pseudo
+        assert set(pseudo.values()) <= {used // n_pseudo, math.ceil(used / n_pseudo)}
+    else:  # subsampled: none twice
+        assert max(pseudo.values()) == 1
+
+
+def test_pseudo_rows_are_reshuffled_every_pass_and_epoch():
+    order = np.arange(300)
+    first = mixed_batches(order, 20, 16, 3, seed=1)
+    stream = [i - 300 for b in first for i in b if i >= 300]
+    passes = [stream[i : i + 20] for i in range(0, len(stream) - 19, 20)]
+    assert len(passes) >= 3 and all(sorted(p) == list(range(20)) for p in passes)
+    assert passes[0] != passes[1]  # reshuffled between passes
+    assert mixed_batches(order, 20, 16, 3, seed=2) != first  # and between epochs
+    assert mixed_batches(order, 20, 16, 3, seed=1) == first  # seeded
+
+
+def test_a_last_batch_of_one_item_joins_the_one_before():
+    batches = mixed_batches(np.arange(25), 0, 8, 3, seed=0)  # no pseudolabels: 8 labeled each
+    assert [len(b) for b in batches] == [8, 8, 9]
+
+
+@pytest.mark.parametrize("ratio", [1, 1.99, 4.5, 10])
+def test_ratio_outside_two_to_four_is_named(ratio):
+    with pytest.raises(PipelineError, match=r"pseudo\.ratio.*N from 2 to 4"):
+        parse_params(tiny_params({"pseudo": {"ratio": ratio}}))
+
+
+def test_init_teacher_needs_a_teacher_of_that_backbone():
+    with pytest.raises(PipelineError, match="pseudo.init: scratch"):
+        parse_params(tiny_params({"pseudo": {"backbones": ["resnet18"]}}))
+    parse_params(tiny_params({"pseudo": {"backbones": ["resnet18"], "init": "scratch"}}))
+
+
+# --- selection ----------------------------------------------------------------------------
+
+
+def test_nothing_under_the_threshold_is_selected():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3) * 0.3, 500)
+    keep = pseudolabel.select(probs, "single_label", 0.8)
+    assert keep.any() and (~keep).any()
+    assert (probs[keep].max(1) >= 0.8).all() and (probs[~keep].max(1) < 0.8).all()
+
+
+def test_multi_label_keeps_images_whose_every_tag_is_certain():
+    probs = np.array([[0.97, 0.02, 0.99], [0.97, 0.5, 0.99], [0.15, 0.04, 0.95], [0.08, 0, 1]])
+    keep = pseudolabel.select(probs, "multi_label", 0.9)
+    assert keep.tolist() == [True, False, False, True]  # 0.15 is inside [0.1, 0.9], 0.08 not
+
+
+def test_class_cap_keeps_the_training_proportions():
+    # 90 confident images of class 0, 10 of class 1; training shares 50/50
+    probs = np.array([[0.99, 0.01]] * 90 + [[0.05, 0.95]] * 10)
+    probs[:90, 0] -= np.linspace(0, 0.05, 90)  # distinct confidences
+    probs[:90, 1] = 1 - probs[:90, 0]
+    kept = pseudolabel.select(probs, "single_label", 0.9, shares=np.array([0.5, 0.5]))
+    assert kept.sum() == 60 and kept[:90].sum() == 50 and kept[90:].sum() == 10
+    assert kept[:50].all()  # the most confident of the majority class stay
+    uncapped = pseudolabel.select(probs, "single_label", 0.9)
+    assert uncapped.sum() == 100
+
+
+def test_soft_targets_sharpen_with_temperature():
+    p = np.array([[0.6, 0.3, 0.1]])
+    np.testing.assert_allclose(pseudolabel.soft_targets(p, "single_label", 1.0), p)
+    sharp = pseudolabel.soft_targets(p, "single_label", 0.5)
+    np.testing.assert_allclose(sharp, [[0.36, 0.09, 0.01]] / np.float64(0.46))
+    tags = pseudolabel.soft_targets(np.array([[0.8, 0.5]]), "multi_label", 0.5)
+    np.testing.assert_allclose(tags, [[0.64 / (0.64 + 0.04), 0.5]])
+
+
+# --- the loss ----------------------------------------------------------------------------
+
+
+def test_soft_label_loss_is_cross_entropy_against_the_targets_by_hand():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(6, 4), torch.softmax(torch.randn(6, 4), 1)
+    by_hand = -(targets * torch.log_softmax(logits, 1)).sum(1).mean()
+    loss = Criterion("single_label", None, 0.0)(logits, targets)
+    torch.testing.assert_close(loss, by_hand)
+
+
+def test_one_hot_targets_give_the_class_id_loss_with_weights_and_smoothing():
+    torch.manual_seed(1)
+    logits, y = torch.randn(8, 3), torch.tensor([0, 1, 2, 2, 1, 0, 0, 2])
+    w = torch.tensor([0.5, 2.0, 1.0])
+    want = torch.nn.functional.cross_entropy(logits, y, weight=w, label_smoothing=0.1)
+    crit = Criterion("single_label", w, 0.1)
+    torch.testing.assert_close(crit(logits, y), want)
+    torch.testing.assert_close(crit(logits, torch.eye(3)[y]), want)
+
+
+def test_item_weights_scale_the_pseudolabeled_items():
+    torch.manual_seed(2)
+    logits, t = torch.randn(4, 3), torch.softmax(torch.randn(4, 3), 1)
+    per = -(t * torch.log_softmax(logits, 1)).sum(1)
+    s = torch.tensor([1.0, 1.0, 0.25, 0.25])  # two labeled, two pseudolabeled at weight 0.25
+    loss = Criterion("single_label", None, 0.0)(logits, t, s)
+    torch.testing.assert_close(loss, (per * s).sum() / 4)
+    bce = Criterion("multi_label", None, 0.0)(logits, t)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits, t)
+    torch.testing.assert_close(bce, want)
+
+
+# --- the pseudolabel stage: no leakage across folds ---------------------------------------
+
+
+def fake_teacher(root, name: str, fold: int, probs: np.ndarray, seed: int = 0) -> None:
+    """preds/<name>/fold<k>/{oof,test}.csv and a weights file, as train + predict write them."""
+    index, folds = read_index(), read_folds()
+    _, valid = fold_rows(index, folds, fold)
+    rng = np.random.default_rng(seed + fold)
+    out = root / "preds" / name / f"fold{fold}"
+    out.mkdir(parents=True, exist_ok=True)
+    for split, ids, p in (
+        ("oof", index.train["id"].iloc[valid], rng.dirichlet(np.ones(3), len(valid))),
+        ("test", index.test["id"], probs),
+    ):
+        frame = pd.DataFrame(p, columns=CLASSES)
+        frame.insert(0, "id", ids.to_numpy())
+        frame.to_csv(out / f"{split}.csv", index=False)
+    weights = root / "models" / name / f"fold{fold}" / "model.safetensors"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(f"teacher {name} {fold} {seed}".encode())
+
+
+def pseudo_params(**over) -> Pseudo:
+    return parse_params(tiny_params({"pseudo": over})).pseudo
+
+
+def confident(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.dirichlet(np.ones(3) * 0.2, n)
+
+
+def test_fold_k_pseudolabels_come_from_fold_k_teachers_only(workdir, capsys):
+    ps = pseudo_params(threshold=0.6)
+    for k in (0, 1):
+        fake_teacher(workdir, "m", k, confident(8, k))
+    pseudolabel.run(ps, ["m"], [0, 1], "accuracy")
+    before = (workdir / "pseudo/fold0/labels.csv").read_text()
+    assert len(pd.read_csv(workdir / "pseudo/fold0/labels.csv")) > 0
+    fake_teacher(workdir, "m", 1, confident(8, 99), seed=5)  # fold 1's teacher changes
+    pseudolabel.run(ps, ["m"], [0, 1], "accuracy")
+    assert (workdir / "pseudo/fold0/labels.csv").read_text() == before
+    assert (workdir / "pseudo/fold1/labels.csv").read_text() != before
+    source = json.loads((workdir / "pseudo/fold0/source.json").read_text())
+    assert source["labelled_by"] == ["m fold 0"] and "m" in source["teacher_weights"]
+    assert "LEAKS" not in capsys.readouterr().out
+
+
+def test_ensemble_source_says_it_leaks(workdir, capsys):
+    for k in (0, 1):
+        fake_teacher(workdir, "m", k, confident(8, k))
+    ensemble.run(["m"], [0, 1], "accuracy")
+    pseudolabel.run(pseudo_params(source="ensemble", threshold=0.0), ["m"], [0, 1], "accuracy")
+    out = capsys.readouterr().out
+    assert "leaks validation labels" in out and "optimistic" in out
+    blend = pd.read_csv(workdir / "ensemble/test.csv").set_index("id")
+    labels = pd.read_csv(workdir / "pseudo/fold0/labels.csv").set_index("id")
+    np.testing.assert_allclose(labels[CLASSES], blend.loc[labels.index, CLASSES], atol=1e-6)
+
+
+def test_counts_per_class_kept_and_dropped_are_a_metric(workdir):
+    probs = np.array([[0.95, 0.03, 0.02]] * 4 + [[0.4, 0.35, 0.25]] * 2 + [[0.1, 0.1, 0.8]] * 2)
+    for k in (0, 1):
+        fake_teacher(workdir, "m", k, probs)
+    report = pseudolabel.run(
+        pseudo_params(threshold=0.9, class_cap=False), ["m"], [0, 1], "accuracy"
+    )
+    saved = json.loads((workdir / "metrics/pseudo.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert saved["fold0"]["kept"] == 4
+    assert saved["fold0"]["per_class"] == {
+        "cat": {"kept": 4, "dropped": 2},
+        "dog": {"kept": 0, "dropped": 0},
+        "fox": {"kept": 0, "dropped": 2},
+    }
+    hard = pseudolabel.run(
+        pseudo_params(threshold=0.9, soft=False, class_cap=False), ["m"], [0, 1], "accuracy"
+    )
+    assert hard["fold0"]["kept"] == 4
+    labels = pd.read_csv(workdir / "pseudo/fold0/labels.csv")
+    assert labels[CLASSES].to_numpy().tolist() == [[1.0, 0.0, 0.0]] * 4
+
+
+def test_small_test_set_is_warned_about_with_both_numbers(workdir, capsys):
+    for k in (0, 1):
+        fake_teacher(workdir, "m", k, confident(8, k))
+    pseudolabel.run(pseudo_params(), ["m"], [0, 1], "accuracy")
+    assert "test set (8 images) is less than half the training set (48)" in capsys.readouterr().out
+
+
+# --- students: the teachers' code path with other inputs ----------------------------------
+
+
+def teach(workdir, over: dict | None = None):
+    """Real teachers on both folds, their predictions, ensemble and pseudolabels."""
+    p = parse_params(tiny_params({"pseudo": {"threshold": 0.0}, **(over or {})}))
+    for k in (0, 1):
+        train.run(p, "resnet10t", k)
+        predict.run(p.tta, "resnet10t", k)
+    ensemble.run(["resnet10t"], [0, 1], "accuracy")
+    pseudolabel.run(p.pseudo, ["resnet10t"], [0, 1], "accuracy")
+    return p
+
+
+def test_student_of_fold_k_never_trains_on_fold_k_validation_rows(workdir):
+    p = teach(workdir, {"pseudo": {"threshold": 0.0, "weight": 0.5}})
+    spec = train.student_spec(p, "resnet10t", 0)
+    index = read_index()
+    d = train.fold_data(p, index, model.create("resnet10t", 3, False), 0, None)
+    loader = train.train_loaders(p, spec, d, 0)(0, 2)
+    labeled_part, pseudo_part = loader.dataset.datasets
+    _, valid = fold_rows(index, read_folds(), 0)
+    trained = set(labeled_part.images.rows.tolist())
+    assert trained == set(d.train_rows.tolist()) and not trained & set(valid.tolist())
+    used = sorted({i for b in loader.batch_sampler for i in b})
+    assert used[: len(trained)] == list(range(len(trained)))  # every labeled row
+    test_ids = index.test["id"].iloc[pseudo_part.images.rows]
+    assert set(test_ids) == set(spec.pseudo["id"]) and not set(test_ids) & set(index.train["id"])
+    x, y, w = next(iter(loader))
+    assert x.shape[0] == 8 and y.shape == (8, 3) and w.tolist() == [1.0] * 6 + [0.5] * 2
+
+
+def test_student_refines_its_teacher_and_is_saved_as_a_student(workdir, capsys):
+    p = teach(workdir)
+    train.run(p, "resnet10t", 1, student=True)
+    out = capsys.readouterr().out
+    assert "batches: 2 pseudolabeled + 6 labeled (25.0% pseudo)" in out
+    assert "trains in: head" not in out  # a refined teacher skips the head phase
+    info = json.loads((workdir / "students/models/resnet10t/fold1/model.json").read_text())
+    assert info["role"] == "student" and info["pseudolabeled"] == 8
+    student = load_file(str(workdir / "students/models/resnet10t/fold1/model.safetensors"))
+    teacher = load_file(str(workdir / "models/resnet10t/fold1/model.safetensors"))
+    assert not torch.equal(student["fc.weight"], teacher["fc.weight"])
+    assert (workdir / "students/dvclive/resnet10t/fold1/metrics.json").exists()
+
+
+def test_student_refuses_a_teacher_that_did_not_make_its_labels(workdir):
+    p = teach(workdir)
+    weights = workdir / "models/resnet10t/fold0/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"changed!")
+    with pytest.raises(PipelineError, match="is not the teacher recorded in"):
+        train.run(p, "resnet10t", 0, student=True)
+
+
+def test_without_pseudolabels_the_teachers_make_the_submission(workdir, capsys):
+    p = teach(workdir, {"pseudo": {"enabled": False}})
+    for k in (0, 1):
+        train.run(p, "resnet10t", k, student=True)
+        predict.run(p.tta, "resnet10t", k, role=train.STUDENT)
+    assert "skipped: pseudo.enabled is false" in capsys.readouterr().out
+    assert not (workdir / "students/models/resnet10t/fold0/model.safetensors").exists()
+    final = ensemble.run_final(p)
+    assert final["submitted"] == "teacher resnet10t" and "student_cv" not in final
+    submit.run("accuracy")
+    pd.testing.assert_frame_equal(
+        pd.read_csv(workdir / "final/test.csv"), pd.read_csv(workdir / "ensemble/test.csv")
+    )
