@@ -60,6 +60,7 @@ TINY_PARAMS = {
     "prepare": {"cache_size": 16},
     "train": {"epochs": 1, "batch_size": 8},
     "tta": {"views": ["basic", "hflip"]},
+    "pseudo": {"epochs": 1},
 }
 
 

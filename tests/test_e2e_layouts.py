@@ -53,8 +53,8 @@ def test_label_in_file_name_dogs_vs_cats(tmp_path):
     proj, sub, _, meta = repro(tmp_path, lf.dogs_vs_cats)
     assert (meta["layout"], meta["submission_kind"]) == ("filename_labels", "binary")
     assert meta["positive_class"] == "dog"
-    # the written label is P(dog), the blend's dog column
-    blend = pd.read_csv(proj.path / "ensemble/test.csv").set_index("id")
+    # the written label is P(dog), the final blend's dog column
+    blend = pd.read_csv(proj.path / "final/test.csv").set_index("id")
     np.testing.assert_allclose(sub["label"], blend.loc[sub["id"], "dog"], atol=1e-6)
 
 

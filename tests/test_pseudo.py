@@ -106,10 +106,21 @@ def test_class_cap_keeps_the_training_proportions():
     probs[:90, 0] -= np.linspace(0, 0.05, 90)  # distinct confidences
     probs[:90, 1] = 1 - probs[:90, 0]
     kept = pseudolabel.select(probs, "single_label", 0.9, shares=np.array([0.5, 0.5]))
-    assert kept.sum() == 60 and kept[:90].sum() == 50 and kept[90:].sum() == 10
-    assert kept[:50].all()  # the most confident of the majority class stay
-    uncapped = pseudolabel.select(probs, "single_label", 0.9)
-    assert uncapped.sum() == 100
+    assert kept[90:].all() and kept[:90].sum() == 11  # 11 + 10: within one image of 50/50
+    assert kept[:11].all()  # the most confident of the majority class stay
+    assert pseudolabel.select(probs, "single_label", 0.9).sum() == 100  # no cap: all of them
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_no_class_share_exceeds_its_training_share(seed):
+    rng = np.random.default_rng(seed)
+    available = rng.integers(0, 200, 6)
+    shares = rng.dirichlet(np.ones(6))
+    n = pseudolabel.cap_counts(available, shares)
+    assert (n <= available).all() and n.sum() > 0
+    s = np.where(available > 0, shares, 0) / shares[available > 0].sum()
+    assert (n <= np.ceil(s * n.sum())).all()  # at most its share of what is kept (rounded up)
+    assert ((n == available) | (n >= np.floor(s * n.sum()))).all()  # all of it, or its share
 
 
 def test_soft_targets_sharpen_with_temperature():
@@ -149,9 +160,18 @@ def test_item_weights_scale_the_pseudolabeled_items():
     s = torch.tensor([1.0, 1.0, 0.25, 0.25])  # two labeled, two pseudolabeled at weight 0.25
     loss = Criterion("single_label", None, 0.0)(logits, t, s)
     torch.testing.assert_close(loss, (per * s).sum() / 4)
-    bce = Criterion("multi_label", None, 0.0)(logits, t)
-    want = torch.nn.functional.binary_cross_entropy_with_logits(logits, t)
-    torch.testing.assert_close(bce, want)
+    bce = Criterion("multi_label", None, 0.0)(logits, t, s)
+    per_bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    torch.testing.assert_close(bce, (per_bce.mean(1) * s).sum() / 4)
+
+
+def test_class_weights_with_soft_targets_and_item_weights():
+    torch.manual_seed(3)
+    logits, t = torch.randn(5, 3), torch.softmax(torch.randn(5, 3), 1)
+    w, s = torch.tensor([0.5, 2.0, 1.0]), torch.tensor([1.0, 1.0, 1.0, 0.5, 0.5])
+    per = -(t * w * torch.log_softmax(logits, 1)).sum(1)  # weighted soft cross-entropy
+    loss = Criterion("single_label", w, 0.0)(logits, t, s)
+    torch.testing.assert_close(loss, (per * s).sum() / (t * w).sum())
 
 
 # --- the pseudolabel stage: no leakage across folds ---------------------------------------
@@ -190,12 +210,12 @@ def test_fold_k_pseudolabels_come_from_fold_k_teachers_only(workdir, capsys):
     for k in (0, 1):
         fake_teacher(workdir, "m", k, confident(8, k))
     pseudolabel.run(ps, ["m"], [0, 1], "accuracy")
-    before = (workdir / "pseudo/fold0/labels.csv").read_text()
+    before = [(workdir / f"pseudo/fold{k}/labels.csv").read_text() for k in (0, 1)]
     assert len(pd.read_csv(workdir / "pseudo/fold0/labels.csv")) > 0
     fake_teacher(workdir, "m", 1, confident(8, 99), seed=5)  # fold 1's teacher changes
     pseudolabel.run(ps, ["m"], [0, 1], "accuracy")
-    assert (workdir / "pseudo/fold0/labels.csv").read_text() == before
-    assert (workdir / "pseudo/fold1/labels.csv").read_text() != before
+    assert (workdir / "pseudo/fold0/labels.csv").read_text() == before[0]
+    assert (workdir / "pseudo/fold1/labels.csv").read_text() != before[1]
     source = json.loads((workdir / "pseudo/fold0/source.json").read_text())
     assert source["labelled_by"] == ["m fold 0"] and "m" in source["teacher_weights"]
     assert "LEAKS" not in capsys.readouterr().out
@@ -267,8 +287,10 @@ def test_student_of_fold_k_never_trains_on_fold_k_validation_rows(workdir):
     _, valid = fold_rows(index, read_folds(), 0)
     trained = set(labeled_part.images.rows.tolist())
     assert trained == set(d.train_rows.tolist()) and not trained & set(valid.tolist())
-    used = sorted({i for b in loader.batch_sampler for i in b})
-    assert used[: len(trained)] == list(range(len(trained)))  # every labeled row
+    used = [i for b in loader.batch_sampler for i in b]
+    n = len(labeled_part)
+    rows = {int(labeled_part.images.rows[i]) for i in used if i < n}  # index.train positions
+    assert rows == trained and not rows & set(valid.tolist())  # every training row, no valid row
     test_ids = index.test["id"].iloc[pseudo_part.images.rows]
     assert set(test_ids) == set(spec.pseudo["id"]) and not set(test_ids) & set(index.train["id"])
     x, y, w = next(iter(loader))
@@ -310,3 +332,38 @@ def test_without_pseudolabels_the_teachers_make_the_submission(workdir, capsys):
     pd.testing.assert_frame_equal(
         pd.read_csv(workdir / "final/test.csv"), pd.read_csv(workdir / "ensemble/test.csv")
     )
+
+
+def test_test_predictions_missing_ids_stop_with_the_teacher_named(workdir):
+    for k in (0, 1):
+        fake_teacher(workdir, "m", k, confident(8, k))
+    path = workdir / "preds/m/fold1/test.csv"
+    pd.read_csv(path).iloc[:-1].to_csv(path, index=False)
+    with pytest.raises(PipelineError, match=r"from m fold 1 lack 1 test ids"):
+        pseudolabel.run(pseudo_params(), ["m"], [0, 1], "accuracy")
+    assert not (workdir / "pseudo").exists()  # nothing half-written
+
+
+def test_multi_label_fold_k_tags_use_no_fold_k_label(workdir):
+    meta_path = workdir / "data/prepared/meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "task": "multi_label", "submission_kind": "tags"}))
+    ps = pseudo_params(threshold=0.0, soft=False)
+    for k in (0, 1):
+        fake_teacher(workdir, "m", k, np.random.default_rng(k).uniform(0, 1, (8, 3)))
+    pseudolabel.run(ps, ["m"], [0, 1], "f1_micro")
+    before = (workdir / "pseudo/fold0/labels.csv").read_text()
+    assert set(pd.read_csv(workdir / "pseudo/fold0/labels.csv")["label"]) <= {
+        " ".join(t) for t in [["cat"], ["dog"], ["fox"], ["cat", "dog"], ["cat", "fox"],
+                              ["dog", "fox"], ["cat", "dog", "fox"]]
+    }  # fmt: skip
+    oof = workdir / "preds/m/fold0/oof.csv"  # fold 0's teacher on fold 0's validation rows
+    frame = pd.read_csv(oof)
+    frame[CLASSES] = 1 - frame[CLASSES]
+    frame.to_csv(oof, index=False)
+    fake_teacher_test = workdir / "preds/m/fold1/test.csv"  # fold 1's labels for its student
+    frame = pd.read_csv(fake_teacher_test)
+    frame[CLASSES] = frame[CLASSES] ** 2
+    frame.to_csv(fake_teacher_test, index=False)
+    pseudolabel.run(ps, ["m"], [0, 1], "f1_micro")
+    assert (workdir / "pseudo/fold0/labels.csv").read_text() == before

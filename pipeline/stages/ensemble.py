@@ -132,6 +132,8 @@ def run_final(
     oof, test, oofs = blend_members(index, members, folds)
     cv, thresholds = score(index, metric, oof, oofs)
     write_blend(index, metric, oof, test, thresholds, out, out_confusion)
+    if not teacher_cv.exists():
+        raise PipelineError(f"{teacher_cv}: missing; run `dvc repro ensemble` first")
     teachers_cv = read_json(teacher_cv)
     if teachers_cv["metric"] != metric:
         raise PipelineError(f"{teacher_cv}: scored another metric; run `dvc repro ensemble`")

@@ -9,8 +9,9 @@ teachers never trained on fold k's validation rows, so the student's CV on them 
 folds' teachers trained on fold k's validation rows, so that CV is optimistic.
 
 Selection: an image is kept when its confidence reaches `pseudo.threshold` (single-label: the top
-probability; multi-label: every tag's probability outside [1 - t, t]). With `class_cap`, no class
-takes more than its share of the fold's training rows of the kept images (the most confident stay).
+probability; multi-label: every tag's probability outside [1 - t, t]). With `class_cap`
+(single-label), no class's share of the kept images exceeds its share of the fold's training rows
+(the most confident stay; see `cap_counts`).
 Targets: the probabilities (`soft`, sharpened by `temperature`) or hard labels (multi-label: tags
 through thresholds tuned on the other folds' out-of-fold predictions, or the ensemble's).
 
@@ -22,19 +23,19 @@ their weights, settings, counts) and metrics/pseudo.json (kept and dropped per c
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline import metrics
-from pipeline.files import atomic_dir, read_json, sha256, write_csv, write_json
+from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_csv, write_json
 from pipeline.index import Index, encode_labels, fold_rows, read_folds, read_index
 from pipeline.params import Pseudo, load_params
 from pipeline.preds import fold_blend, read_preds
 
 PSEUDO = Path("pseudo")
+SELECTION = ("enabled", "source", "threshold", "class_cap", "soft", "temperature")  # dvc.yaml
 LEAK_WARNING = (
     "WARNING: pseudo.source: ensemble labels every fold's student with the blend of all "
     "teachers; the teachers of the other folds trained on fold k's validation rows, so the "
@@ -52,13 +53,30 @@ def confidence(probs: np.ndarray, task: str) -> np.ndarray:
     return probs.max(1)
 
 
+def cap_counts(available: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Images per class so that no class's share of the total exceeds its training share.
+
+    The largest total K whose caps min(available_c, ceil(share_c * K)) still add up to K: a class
+    with many confident images keeps at most its share of K, one with few keeps them all. Classes
+    with no confident image are left out of the shares (else nothing would be kept).
+    """
+    s = np.where(available > 0, shares, 0.0)
+    if s.sum() == 0:
+        return np.zeros_like(available)
+    s = s / s.sum()
+    totals = np.arange(int(available.sum()) + 1)
+    caps = np.minimum(available, np.ceil(np.outer(totals, s) - 1e-9).astype(int))
+    k = totals[caps.sum(1) >= totals].max()
+    return np.minimum(available, np.ceil(s * k - 1e-9).astype(int))
+
+
 def cap_to_shares(pred: np.ndarray, conf: np.ndarray, keep: np.ndarray, shares: np.ndarray):
-    """Keep at most ceil(share_c * kept) images of class c, the most confident first."""
-    out, n = np.zeros_like(keep), int(keep.sum())
-    for c, share in enumerate(shares):
+    """Keep the most confident images of each class, as many as `cap_counts` allows."""
+    available = np.bincount(pred[keep], minlength=len(shares))
+    out = np.zeros_like(keep)
+    for c, n in enumerate(cap_counts(available, shares)):
         rows = np.flatnonzero(keep & (pred == c))
-        top = rows[np.argsort(-conf[rows], kind="stable")][: math.ceil(share * n)]
-        out[top] = True
+        out[rows[np.argsort(-conf[rows], kind="stable")][:n]] = True
     return out
 
 
@@ -130,7 +148,20 @@ def other_folds_thresholds(index: Index, dirs: list[Path], fold: int, folds: lis
 
 def teacher_weights(models: Path, backbones: list[str], fold: int) -> dict[str, str]:
     """sha256 of each fold-k teacher's weights: a student refining one checks it is the same."""
-    return {b: sha256(models / b / f"fold{fold}" / "model.safetensors") for b in backbones}
+    files = {b: models / b / f"fold{fold}" / "model.safetensors" for b in backbones}
+    for f in files.values():
+        if not f.exists():
+            raise PipelineError(f"{f}: missing; run `dvc repro train` first")
+    return {b: sha256(f) for b, f in files.items()}
+
+
+def ensemble_thresholds(path: Path, classes: list[str]) -> np.ndarray | None:
+    if not path.exists():
+        raise PipelineError(f"{path}: missing; run `dvc repro ensemble` first")
+    tuned = read_json(path).get("thresholds")
+    if tuned is not None and set(classes) - set(tuned):
+        raise PipelineError(f"{path}: no threshold for {sorted(set(classes) - set(tuned))[:5]}")
+    return None if tuned is None else np.array([tuned[c] for c in classes])
 
 
 # --- the stage -----------------------------------------------------------------------------
@@ -141,9 +172,7 @@ def fold_inputs(index, ps: Pseudo, backbones, folds, fold, metric, preds: Path, 
     multi = index.meta["task"] == "multi_label"
     if ps.source == "ensemble":
         probs = read_preds(ens / "test.csv", index.classes)
-        tuned = read_json(ens / "thresholds.json")["thresholds"]
-        thr = np.array([tuned[c] for c in index.classes]) if tuned else None
-        return probs, thr, ["ensemble of all teachers"]
+        return probs, ensemble_thresholds(ens / "thresholds.json", index.classes), ["ensemble"]
     dirs = [preds / b for b in backbones]
     probs = fold_blend(dirs, fold, "test", index.classes)
     thr = other_folds_thresholds(index, dirs, fold, folds, metric) if multi else None
@@ -153,6 +182,12 @@ def fold_inputs(index, ps: Pseudo, backbones, folds, fold, metric, preds: Path, 
 def label_fold(index: Index, ps: Pseudo, k: int, inputs, fold_table) -> tuple[pd.DataFrame, dict]:
     """Fold k's kept pseudolabels and its provenance record (with counts per class)."""
     probs, thresholds, who = inputs
+    missing = set(index.test["id"]) - set(probs.index)
+    if missing:
+        raise PipelineError(
+            f"test predictions from {', '.join(who)} lack {len(missing)} test ids (e.g. "
+            f"{sorted(missing)[:3]}); rerun `dvc repro predict`"
+        )
     shares = train_shares(index, fold_rows(index, fold_table, k)[0])
     frame, counts = label_frame(
         probs.loc[index.test["id"]], index.meta["task"], ps, shares, thresholds
@@ -187,7 +222,7 @@ def run(
     empty = pd.DataFrame(columns=["id", "label", "confidence", *index.classes])
     with atomic_dir(out) as tmp:  # every fold's labels appear together or not at all
         for k in folds:
-            info = {"enabled": ps.enabled, **ps.model_dump(exclude={"enabled"})}
+            info = ps.model_dump(include=set(SELECTION))
             info["teacher_weights"] = teacher_weights(models, backbones, k)
             frame = empty
             if ps.enabled:

@@ -51,7 +51,7 @@ from pipeline.data import (
     pseudo_per_batch,
     split_dataset,
 )
-from pipeline.files import PipelineError, atomic_dir, read_json, sha256
+from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_json
 from pipeline.index import FOLDS, Index, encode_labels, fold_rows, read_folds, read_index
 from pipeline.loop import LoopConfig, Phase, fit
 from pipeline.params import Params, Pseudo, Train, load_params
@@ -93,32 +93,50 @@ def teacher_spec(p: Params) -> Spec:
 
 def student_spec(p: Params, name: str, fold: int, pseudo_dir: Path = PSEUDO) -> Spec | str:
     """The student of fold `fold`, or why there is none (pseudo.enabled is false)."""
-    ps, folder = p.pseudo, pseudo_dir / f"fold{fold}"
+    ps = p.pseudo
     if not ps.enabled:
         return "pseudo.enabled is false: the submission comes from the teachers"
-    labels, source = folder / "labels.csv", folder / "source.json"
-    for f in (labels, source):
-        if not f.exists():
-            raise PipelineError(f"{f}: missing; run `dvc repro pseudolabel` first")
-    if not read_json(source)["enabled"]:
-        raise PipelineError(f"{source}: written with pseudo.enabled false; rerun pseudolabel")
-    frame = pd.read_csv(labels, dtype={"id": str, "label": str}, keep_default_na=False)
+    frame, source = read_pseudolabels(pseudo_dir / f"fold{fold}", read_index())
     init = None
     if ps.init == "teacher":
         init = TEACHER.models / name / f"fold{fold}" / "model.safetensors"
-        check_teacher(init, read_json(source)["teacher_weights"].get(name), source)
+        check_teacher(init, source["teacher_weights"].get(name), pseudo_dir / f"fold{fold}")
     head = p.head.epochs if ps.init == "scratch" else 0  # a refined teacher has its head
+    labels = pseudo_dir / f"fold{fold}" / "labels.csv"
     files = (labels,) if init is None else (labels, init)
     return Spec(STUDENT, head, ps.epochs, ps.lr, init, frame, ps, files)
 
 
-def check_teacher(weights: Path, recorded: str | None, source: Path) -> None:
+def read_pseudolabels(folder: Path, index: Index) -> tuple[pd.DataFrame, dict]:
+    """labels.csv and source.json as pseudolabel wrote them, checked against the index."""
+    labels, source = folder / "labels.csv", folder / "source.json"
+    for f in (labels, source):
+        if not f.exists():
+            raise PipelineError(f"{f}: missing; run `dvc repro pseudolabel` first")
+    info = read_json(source)
+    if not info.get("enabled") or "teacher_weights" not in info:
+        raise PipelineError(f"{source}: not written for this round; run `dvc repro pseudolabel`")
+    frame = pd.read_csv(labels, dtype={"id": str, "label": str}, keep_default_na=False)
+    missing = [c for c in ["id", *index.classes] if c not in frame.columns]
+    unknown = set(frame["id"]) - set(index.test["id"]) if "id" in frame else set()
+    if missing or unknown:
+        what = (
+            f"no column {missing[:3]}"
+            if missing
+            else f"ids not in the test set {sorted(unknown)[:3]}"
+        )
+        raise PipelineError(f"{labels}: {what}; run `dvc repro pseudolabel`")
+    return frame, info
+
+
+def check_teacher(weights: Path, recorded: str | None, folder: Path) -> None:
     """The teacher a student refines must be the one that made its pseudolabels."""
     if not weights.exists():
         raise PipelineError(f"{weights}: missing; pseudo.init: teacher needs the fold's teacher")
     if recorded != sha256(weights):
         raise PipelineError(
-            f"{weights} is not the teacher recorded in {source}; run `dvc repro` to relabel"
+            f"{weights} is not the teacher recorded in {folder}/source.json; run `dvc repro` "
+            "to relabel"
         )
 
 
@@ -126,10 +144,13 @@ def fingerprint(p: Params, name: str, fold: int, *files: Path, student: bool = F
     """Hash of every param and input file that shapes this run: resume only on an exact match."""
     h = hashlib.sha256()
     sections = {k: getattr(p, k).model_dump() for k in SECTIONS}
-    sections["train"] = p.train.model_dump(exclude={"backbones", "num_workers"})  # no effect
+    unused = {"backbones", "num_workers"} | ({"epochs", "lr"} if student else set())
+    sections["train"] = p.train.model_dump(exclude=unused)  # no effect on these weights
     sections["base"] = p.base.model_dump(exclude={"folds"})  # folds.csv itself is hashed
-    if student:
-        sections["pseudo"] = p.pseudo.model_dump(exclude={"backbones", "blend_teachers"})
+    if student:  # the selection keys act through the labels file, which is hashed
+        sections["pseudo"] = p.pseudo.model_dump(
+            include={"init", "ratio", "weight", "weight_rampup", "epochs", "lr"}
+        )
     h.update(json.dumps([sections, p.competition.metric, name, fold], sort_keys=True).encode())
     for f in files:
         h.update(f.read_bytes())
@@ -440,10 +461,8 @@ def model_info(p: Params, name: str, fold: int, spec: Spec, d: FoldData) -> dict
 
 def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     spec = student_spec(p, name, fold) if student else teacher_spec(p)
-    if isinstance(spec, str):  # no student this time: say why in its output folder
-        with atomic_dir(STUDENT.models / name / f"fold{fold}") as tmp:
-            write_skipped(tmp, spec)
-        print(f"train: student {name} fold {fold} skipped: {spec}")
+    if isinstance(spec, str):  # no student this time: its outputs say why
+        skip_student(name, fold, spec)
         return
     gpu = torch.cuda.is_available()
     acc = Accelerator(cpu=not gpu, mixed_precision=p.train.mixed_precision if gpu else "no")
@@ -492,6 +511,16 @@ def describe(title: str, spec: Spec, d: FoldData, groups, phases, p: Params, acc
     )
     if spec.pseudo is not None:
         mix_note(p, spec, acc)
+
+
+def skip_student(name: str, fold: int, why: str) -> None:
+    """The student's DVC outputs, holding only the reason no student trained."""
+    with atomic_dir(STUDENT.models / name / f"fold{fold}") as tmp:
+        write_skipped(tmp, why)
+    with atomic_dir(STUDENT.live / name / f"fold{fold}") as tmp:
+        (tmp / "plots").mkdir()  # declared in dvc.yaml: there, and empty
+        write_json(tmp / "metrics.json", {"skipped": why})
+    print(f"train: student {name} fold {fold} skipped: {why}")
 
 
 def mix_note(p: Params, spec: Spec, acc: Accelerator) -> None:
