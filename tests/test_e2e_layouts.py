@@ -15,13 +15,15 @@ from tests.conftest import TINY_PARAMS, Project, merge
 pytestmark = pytest.mark.slow
 
 
-def repro(tmp_path, writer) -> tuple[Project, pd.DataFrame, pd.DataFrame, dict]:
+def repro(
+    tmp_path, writer, pseudo: bool = False
+) -> tuple[Project, pd.DataFrame, pd.DataFrame, dict]:
+    """`dvc repro` on the layout; the pseudolabel round only where `pseudo` (it is slow here)."""
     comp = tmp_path / "comp"
     over = writer(comp)
     proj = Project(tmp_path / "proj")
-    proj.set_params(
-        merge(TINY_PARAMS, {"competition": {"source": "path", "path": str(comp), **over}})
-    )
+    comp_params = {"competition": {"source": "path", "path": str(comp), **over}}
+    proj.set_params(merge(TINY_PARAMS, {**comp_params, "pseudo": {"enabled": pseudo}}))
     proj.run(["dvc", "repro"])
     sub = pd.read_csv(proj.path / "submissions/submission.csv")
     sample = pd.read_csv(comp / "sample_submission.csv")
@@ -50,7 +52,7 @@ def test_class_folders_plant_seedlings(tmp_path):
 
 
 def test_label_in_file_name_dogs_vs_cats(tmp_path):
-    proj, sub, _, meta = repro(tmp_path, lf.dogs_vs_cats)
+    proj, sub, _, meta = repro(tmp_path, lf.dogs_vs_cats, pseudo=True)
     assert (meta["layout"], meta["submission_kind"]) == ("filename_labels", "binary")
     assert meta["positive_class"] == "dog"
     # the written label is P(dog), the final blend's dog column
@@ -67,7 +69,7 @@ def test_pixels_in_csv_digit_recognizer(tmp_path):
 
 
 def test_multi_label_tags_planet(tmp_path):
-    proj, sub, _, meta = repro(tmp_path, lf.planet)
+    proj, sub, _, meta = repro(tmp_path, lf.planet, pseudo=True)
     assert (meta["task"], meta["submission_kind"]) == ("multi_label", "tags")
     tags = sub["tags"].str.split()
     assert all(t and set(t) <= set(lf.TAGS) for t in tags)
@@ -76,3 +78,8 @@ def test_multi_label_tags_planet(tmp_path):
     cv = json.loads((proj.path / "metrics/cv.json").read_text())
     assert cv["metric"] == "f2_samples"
     assert cv["f2_samples"] >= cv["at_threshold_0.5"]["f2_samples"]
+    # the students learn from tags: pseudolabels are tag sets, the submission is the students'
+    labels = pd.read_csv(proj.path / "pseudo/fold0/labels.csv", keep_default_na=False)
+    assert len(labels) and all(t and set(t.split()) <= set(lf.TAGS) for t in labels["label"])
+    final = json.loads((proj.path / "metrics/final.json").read_text())
+    assert final["submitted"] == "student resnet10t" and "student_cv" in final
