@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from pipeline.files import PipelineError, read_json
+from pipeline.roles import skip_without_torch
 
 STAGES = (
     "download",
@@ -55,7 +56,7 @@ def main(argv: list[str]) -> int:
     try:
         if argv[0] == "summary":
             summary()
-        else:
+        elif not skip_without_torch(argv[0], argv[1:]):
             importlib.import_module(f"pipeline.stages.{argv[0]}").main(argv[1:])
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,17 +1,21 @@
 """Teachers and students run the same train and predict stages; only their folders differ.
 
 A student folder holding only `skipped.json` was written with `pseudo.enabled: false`: no student
-trained, and the final ensemble takes the teachers.
+trained, and the final ensemble takes the teachers. Those skip outputs are written before torch
+is loaded (`skip_without_torch`), so a round that is off costs DVC a second per stage, not ten.
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.files import read_json, write_json
+from pipeline.files import atomic_dir, read_json, write_json
+from pipeline.params import load_params
 
 SKIPPED = "skipped.json"
+DISABLED = "pseudo.enabled is false: the submission comes from the teachers"
 
 
 @dataclass(frozen=True)
@@ -33,11 +37,35 @@ STUDENT = Role(
 )
 
 
-def write_skipped(folder: Path, why: str) -> None:
-    write_json(folder / SKIPPED, {"skipped": why})
-
-
 def skipped(folder: Path) -> str | None:
     """Why a student's folder holds no model, or None when it does."""
     marker = folder / SKIPPED
     return read_json(marker)["skipped"] if marker.exists() else None
+
+
+def write_skips(stage: str, name: str, fold: int, why: str) -> None:
+    """A skipped student's DVC outputs of `stage` (train or predict), holding only the reason."""
+    if stage == "train":
+        with atomic_dir(STUDENT.models / name / f"fold{fold}") as tmp:
+            write_json(tmp / SKIPPED, {"skipped": why})
+        with atomic_dir(STUDENT.live / name / f"fold{fold}") as tmp:
+            (tmp / "plots").mkdir()  # declared in dvc.yaml: there, and empty
+            write_json(tmp / "metrics.json", {"skipped": why})
+    else:
+        with atomic_dir(STUDENT.preds / name / f"fold{fold}") as tmp:
+            write_json(tmp / SKIPPED, {"skipped": why})
+    print(f"{stage}: student {name} fold {fold} skipped: {why}")
+
+
+def skip_without_torch(stage: str, argv: list[str]) -> bool:
+    """`train`/`predict --student` with pseudo.enabled false: write the skip outputs, True."""
+    if stage not in ("train", "predict") or "--student" not in argv:
+        return False
+    if load_params().pseudo.enabled:
+        return False
+    ap = argparse.ArgumentParser(prog=f"python -m pipeline {stage}", add_help=False)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--fold", type=int, required=True)
+    a, _ = ap.parse_known_args(argv)
+    write_skips(stage, a.model, a.fold, DISABLED)
+    return True

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from pipeline import model
@@ -19,7 +23,7 @@ from pipeline.index import fold_rows, read_folds, read_index
 from pipeline.loop import Criterion
 from pipeline.params import Pseudo, parse_params
 from pipeline.stages import ensemble, predict, pseudolabel, submit, train
-from tests.conftest import CLASSES, tiny_params
+from tests.conftest import CLASSES, ROOT, tiny_params
 
 # --- mixing: every batch 1:N ------------------------------------------------------------
 
@@ -367,3 +371,25 @@ def test_multi_label_fold_k_tags_use_no_fold_k_label(workdir):
     frame.to_csv(fake_teacher_test, index=False)
     pseudolabel.run(ps, ["m"], [0, 1], "f1_micro")
     assert (workdir / "pseudo/fold0/labels.csv").read_text() == before
+
+
+def test_a_round_that_is_off_writes_its_skip_outputs_without_torch(tmp_path):
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(tiny_params({"pseudo": {"enabled": False}}))
+    )
+    code = (
+        "import sys; from pipeline.__main__ import main\n"
+        "for stage in ('train', 'predict'):\n"
+        "    assert main([stage, '--model', 'resnet10t', '--fold', '1', '--student']) == 0\n"
+        "assert 'torch' not in sys.modules, 'torch was loaded'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, text=True,
+                         capture_output=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "train: student resnet10t fold 1 skipped: pseudo.enabled is false" in res.stdout
+    for folder in ("students/models", "students/preds"):
+        marker = json.loads((tmp_path / folder / "resnet10t/fold1/skipped.json").read_text())
+        assert "pseudo.enabled is false" in marker["skipped"]
+    live = tmp_path / "students/dvclive/resnet10t/fold1"
+    assert (live / "plots").is_dir() and (live / "metrics.json").exists()

@@ -24,7 +24,7 @@ from pipeline.files import atomic_dir, write_csv
 from pipeline.index import fold_rows, read_folds, read_index
 from pipeline.loop import probabilities
 from pipeline.params import Tta, load_params
-from pipeline.roles import STUDENT, TEACHER, Role, skipped, write_skipped
+from pipeline.roles import STUDENT, TEACHER, Role, skipped, write_skips
 
 
 def _shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -75,9 +75,7 @@ def run(tta: Tta, name: str, fold: int, role: Role = TEACHER) -> None:
     models_dir, preds_dir = role.models, role.preds
     why = skipped(models_dir / name / f"fold{fold}")
     if why is not None:  # no student trained: nothing to predict, and the folder says why
-        with atomic_dir(preds_dir / name / f"fold{fold}") as tmp:
-            write_skipped(tmp, why)
-        print(f"predict: {role.name} {name} fold {fold} skipped: {why}")
+        write_skips("predict", name, fold, why)
         return
     net, info = model.load(models_dir / name / f"fold{fold}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -51,11 +51,11 @@ from pipeline.data import (
     pseudo_per_batch,
     split_dataset,
 )
-from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_json
+from pipeline.files import PipelineError, atomic_dir, read_json, sha256
 from pipeline.index import FOLDS, Index, encode_labels, fold_rows, read_folds, read_index
 from pipeline.loop import LoopConfig, Phase, fit
 from pipeline.params import Params, Pseudo, Train, load_params
-from pipeline.roles import STUDENT, TEACHER, Role, write_skipped
+from pipeline.roles import DISABLED, STUDENT, TEACHER, Role, write_skips
 
 SECTIONS = ("base", "model", "head", "lr_find", "train", "augment")  # what shapes the weights
 PSEUDO = Path("pseudo")
@@ -95,7 +95,7 @@ def student_spec(p: Params, name: str, fold: int, pseudo_dir: Path = PSEUDO) -> 
     """The student of fold `fold`, or why there is none (pseudo.enabled is false)."""
     ps = p.pseudo
     if not ps.enabled:
-        return "pseudo.enabled is false: the submission comes from the teachers"
+        return DISABLED
     frame, source = read_pseudolabels(pseudo_dir / f"fold{fold}", read_index())
     init = None
     if ps.init == "teacher":
@@ -462,7 +462,7 @@ def model_info(p: Params, name: str, fold: int, spec: Spec, d: FoldData) -> dict
 def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     spec = student_spec(p, name, fold) if student else teacher_spec(p)
     if isinstance(spec, str):  # no student this time: its outputs say why
-        skip_student(name, fold, spec)
+        write_skips("train", name, fold, spec)
         return
     gpu = torch.cuda.is_available()
     acc = Accelerator(cpu=not gpu, mixed_precision=p.train.mixed_precision if gpu else "no")
@@ -511,16 +511,6 @@ def describe(title: str, spec: Spec, d: FoldData, groups, phases, p: Params, acc
     )
     if spec.pseudo is not None:
         mix_note(p, spec, acc)
-
-
-def skip_student(name: str, fold: int, why: str) -> None:
-    """The student's DVC outputs, holding only the reason no student trained."""
-    with atomic_dir(STUDENT.models / name / f"fold{fold}") as tmp:
-        write_skipped(tmp, why)
-    with atomic_dir(STUDENT.live / name / f"fold{fold}") as tmp:
-        (tmp / "plots").mkdir()  # declared in dvc.yaml: there, and empty
-        write_json(tmp / "metrics.json", {"skipped": why})
-    print(f"train: student {name} fold {fold} skipped: {why}")
 
 
 def mix_note(p: Params, spec: Spec, acc: Accelerator) -> None:
