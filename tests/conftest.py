@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+
+# tests run two at a time (pytest-xdist) on tiny images: one thread each, and every stage they
+# start inherits it, so the workers do not fight over the cores
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import shutil
 import subprocess
 import sys
