@@ -52,7 +52,7 @@ def test_class_folders_plant_seedlings(tmp_path):
 
 
 def test_label_in_file_name_dogs_vs_cats(tmp_path):
-    proj, sub, _, meta = repro(tmp_path, lf.dogs_vs_cats, pseudo=True)
+    proj, sub, _, meta = repro(tmp_path, lf.dogs_vs_cats)
     assert (meta["layout"], meta["submission_kind"]) == ("filename_labels", "binary")
     assert meta["positive_class"] == "dog"
     # the written label is P(dog), the final blend's dog column
