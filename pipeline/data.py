@@ -10,6 +10,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from sklearn.utils.class_weight import compute_class_weight
 
+from pipeline import schedules
 from pipeline.files import PipelineError
 from pipeline.index import Index, encode_labels, load_image, resize
 from pipeline.params import Augment
@@ -99,7 +100,7 @@ def build_transforms(
     std: tuple[float, ...],
     seed: int | None = None,
 ) -> A.Compose:
-    """One pipeline for every split; `strength` scales every random transform (0 = none).
+    """One pipeline for every split; `strength` s scales every random transform (0 = none).
 
     `split` is "train" (random augmentation) or anything else (normalise only). `seed` makes the
     random draws repeatable (albumentations keeps its own generator, apart from torch's).
@@ -107,12 +108,21 @@ def build_transforms(
     tail = [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
     if split != "train" or strength <= 0 or aug is None:
         return A.Compose(tail)
-    s = strength
+    return A.Compose(flips(aug.flips) + augmentations(aug, strength) + tail, seed=seed)
+
+
+def flips(domain: str) -> list[A.BasicTransform]:
+    """The symmetries of the domain: none, left-right, or all eight of the square (D4)."""
+    if domain == "horizontal":
+        return [A.HorizontalFlip(p=0.5)]
+    if domain == "all":
+        return [A.SquareSymmetry(p=1.0)]  # identity, flips, transposes and 90° rotations
+    return []
+
+
+def augmentations(aug: Augment, s: float) -> list[A.BasicTransform]:
+    """Every magnitude of `augment` times the strength s (each one's maximum is at s = 1)."""
     ops: list[A.BasicTransform] = []
-    if aug.hflip:
-        ops.append(A.HorizontalFlip(p=0.5))
-    if aug.vflip:
-        ops.append(A.VerticalFlip(p=0.5))
     if aug.rotate or aug.shift or aug.scale:
         ops.append(
             A.Affine(
@@ -126,7 +136,44 @@ def build_transforms(
     if aug.brightness:
         b = aug.brightness * s
         ops.append(A.RandomBrightnessContrast(brightness_limit=b, contrast_limit=b, p=0.5))
-    return A.Compose(ops + tail, seed=seed)
+    if aug.hue or aug.saturation:
+        sat = aug.saturation * s
+        ops.append(
+            A.ColorJitter(
+                brightness=0,
+                contrast=0,
+                saturation=(1 - sat, 1 + sat),
+                hue=(-aug.hue * s, aug.hue * s),
+                p=0.5,
+            )  # fmt: skip
+        )
+    noisy = []
+    if aug.blur:
+        noisy.append(A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, max(0.1, aug.blur * s)), p=1))
+    if aug.noise:
+        noisy.append(A.GaussNoise(std_range=(0.0, aug.noise * s), p=1))
+    if noisy:
+        ops.append(A.OneOf(noisy, p=0.5))
+    if aug.cutout:
+        side = aug.cutout * s
+        ops.append(
+            A.CoarseDropout(
+                num_holes_range=(1, 1),
+                hole_height_range=(side, side),
+                hole_width_range=(side, side),
+                fill=0,
+                p=0.5,
+            )  # fmt: skip
+        )
+    return ops
+
+
+def epoch_strength(aug: Augment, epoch: int, total: int) -> float:
+    """The scheduled strength of one epoch (0-based) of a run of `total` epochs."""
+    return schedules.augment_strength(
+        epoch, total, aug.ramp, aug.strength_start, aug.strength_end, aug.clean_epochs,
+        aug.clean_strength,
+    )  # fmt: skip
 
 
 class Weighted(torch.utils.data.Dataset):

@@ -310,14 +310,18 @@ def fit(
             hist.lrs[phase.name] = peaks
         peaks = hist.lrs[phase.name]
         cycle_ends = schedules.sgdr_cycle_ends(phase.epochs, cfg.cycle_len, cfg.cycle_mult)
+        spe = None  # steps per epoch: the same rows and batch size every epoch of a phase
         for epoch in range(max(first, start), end):
             loader = acc.prepare(phase.train_loader(epoch, total))
-            spe = len(loader)  # steps per epoch: the same rows every epoch of a phase
+            spe = spe or len(loader)
+            if len(loader) != spe:  # image size may change; the steps may not
+                raise RuntimeError(f"epoch {epoch + 1}: {len(loader)} steps, not {spe}")
             _train_mode(phase, net)
-            seen, loss_sum, started = 0, 0.0, time.perf_counter()
+            seen, loss_sum, started, step_lrs = 0, 0.0, time.perf_counter(), []
             for i, batch in enumerate(loader):
                 step = (epoch - first) * spe + i
                 _set_lrs(opt, phase, peaks, step, phase.epochs * spe, spe, cfg)
+                step_lrs.append(opt.param_groups[-1]["lr"])
                 # --- forward, loss
                 loss = batch_loss(net, batch, loss_fn, acc)
                 if not _finite_everywhere(loss, acc):
@@ -344,6 +348,7 @@ def fit(
                 "images_per_s": images_per_s,  # training steps only, all processes
                 "valid_metric": score,
                 "lr": peaks[-1],
+                "step_lrs": step_lrs,  # the head group's LR at every step of the epoch
             }
             hist.rows.append(row)
             if score > hist.best_score:

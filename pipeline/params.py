@@ -98,7 +98,8 @@ class LrFind(Section):
 class Train(Section):
     backbones: list[str]  # timm model names; dvc.yaml fans out over backbones x folds
     epochs: Count  # epochs of the unfrozen phase
-    batch_size: Size
+    sizes: list[Size] | None  # progressive resizing: epochs split evenly, the last is the input
+    batch_size: Size | Literal["auto"]  # auto: from the number of training rows (train.py)
     lr: Pos | Literal["auto"]  # peak LR of the head group; auto: LR range test
     lr_mult: Annotated[
         float, Field(ge=1)
@@ -118,27 +119,43 @@ class Train(Section):
     mixed_precision: Literal["no", "bf16", "fp16"]  # autocast on GPU only
 
 
+NonNeg = Annotated[float, Field(ge=0)]
+Unit = Annotated[float, Field(ge=0, le=1)]
+
+
 class Augment(Section):
-    strength_start: float  # multiplier of every augmentation at the first epoch
-    strength_end: float  # … and at the last; linear in between
-    hflip: bool
-    vflip: bool
-    rotate: float  # degrees at strength 1
-    shift: float  # fraction of the image side at strength 1
-    scale: float  # relative zoom range at strength 1
-    brightness: float  # brightness/contrast range at strength 1
+    ramp: Literal["linear", "cosine"]  # how the strength rises from strength_start to strength_end
+    strength_start: Unit  # strength s of the first epoch: every magnitude below times s
+    strength_end: Unit  # … of the last epoch before the clean ones
+    clean_epochs: Count  # the last epochs train at clean_strength
+    clean_strength: Unit  # 0: no augmentation at all in those epochs
+    flips: Literal["none", "horizontal", "all"]  # all: + vertical flips and 90° rotations
+    rotate: NonNeg  # degrees at strength 1
+    shift: NonNeg  # fraction of the image side at strength 1
+    scale: NonNeg  # relative zoom range at strength 1
+    brightness: NonNeg  # brightness/contrast range at strength 1
+    hue: Annotated[float, Field(ge=0, le=0.5)]  # hue shift (fraction of the colour wheel)
+    saturation: NonNeg  # saturation range at strength 1
+    blur: NonNeg  # largest Gaussian blur sigma (px) at strength 1
+    noise: Unit  # largest Gaussian noise std (fraction of 255) at strength 1
+    cutout: Unit  # side of a dropped square (fraction of the image side) at strength 1
+
+
+TTA_VIEWS = ("identity", "hflip", "vflip", "rot90s", "transposes", "shift", "zoom")
 
 
 class Tta(Section):
-    views: list[Literal["basic", "hflip", "vflip", "shift"]]
+    views: list[Literal[TTA_VIEWS]]  # each feeds the model; averaged into the augmented output
+    random: Count  # draws of the training augmentation at random_strength, also averaged
+    random_strength: Unit
+    combine: Literal["probs", "logits"]  # views averaged as probabilities or as logits
+    beta: Unit | Literal["auto"]  # weight of the plain prediction (fastai); auto: tuned on OOF
     batch_size: Size
 
-    @field_validator("views")
-    @classmethod
-    def _not_empty(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("needs at least one view, e.g. [basic]")
-        return v
+
+class Ensemble(Section):
+    weights: Literal["equal", "fit"]  # fit: non-negative, summing to 1, fitted on other folds
+    snapshots: bool  # SGDR snapshots (train.schedule: sgdr) join the blend as one member each
 
 
 class Pseudo(Section):
@@ -182,6 +199,7 @@ class Params(Section):
     train: Train
     augment: Augment
     tta: Tta
+    ensemble: Ensemble
     pseudo: Pseudo
     upload: Upload
 
@@ -191,6 +209,7 @@ class Params(Section):
             raise ValueError("head.epochs + train.epochs must be at least 1")
         if self.lr_find.end <= self.lr_find.start:
             raise ValueError("lr_find.end must be larger than lr_find.start")
+        self._check_recipe()
         ps = self.pseudo
         new = sorted(set(ps.backbones) - set(self.train.backbones))
         if ps.enabled and ps.init == "teacher" and new:
@@ -203,6 +222,26 @@ class Params(Section):
         if ps.enabled and head + ps.epochs < 1:
             raise ValueError(f"pseudo.epochs must be at least 1 with pseudo.init: {ps.init}")
         return self
+
+    def _check_recipe(self) -> None:
+        ps, aug, sizes = self.pseudo, self.augment, self.train.sizes
+        runs = [("head.epochs + train.epochs", self.head.epochs + self.train.epochs)]
+        if ps.enabled:
+            runs.append(("pseudo.epochs", ps.epochs + (self.head.epochs * (ps.init == "scratch"))))
+        for what, epochs in runs:
+            if aug.clean_epochs >= epochs:
+                raise ValueError(
+                    f"augment.clean_epochs ({aug.clean_epochs}) leaves no augmented epoch in "
+                    f"{what} ({epochs})"
+                )
+        if sizes is not None:
+            if not sizes or sizes != sorted(sizes):
+                raise ValueError(f"train.sizes must be a non-empty, rising list, got {sizes}")
+            if self.base.image_size is not None and sizes[-1] != self.base.image_size:
+                raise ValueError(
+                    f"train.sizes ends at {sizes[-1]} but base.image_size is "
+                    f"{self.base.image_size}: the last size is the one predict uses"
+                )
 
 
 def _where(loc: tuple) -> str:

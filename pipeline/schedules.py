@@ -17,11 +17,12 @@ def _cos(start: float, end: float, pct: float) -> float:
 def one_cycle_lr(
     step: int, total: int, max_lr: float, pct_start: float, div: float, final_div: float
 ) -> float:
-    """fastai's 1cycle: cosine from max_lr/div up to max_lr, then down to max_lr/final_div."""
+    """fastai's 1cycle: cosine from max_lr/div up to max_lr, then down to max_lr/final_div,
+    which the last step (total - 1) reaches exactly."""
     warm = max(1, round(total * pct_start))
     if step < warm:
         return _cos(max_lr / div, max_lr, step / warm)
-    rest = max(1, total - warm)
+    rest = max(1, total - 1 - warm)
     return _cos(max_lr, max_lr / final_div, min(1.0, (step - warm) / rest))
 
 
@@ -32,7 +33,7 @@ def one_cycle_momentum(
     warm = max(1, round(total * pct_start))
     if step < warm:
         return _cos(mom_max, mom_min, step / warm)
-    rest = max(1, total - warm)
+    rest = max(1, total - 1 - warm)
     return _cos(mom_min, mom_max, min(1.0, (step - warm) / rest))
 
 
@@ -41,6 +42,19 @@ def linear(step: int, total: int, start: float, end: float) -> float:
     if total <= 1:
         return end
     return start + (end - start) * min(1.0, step / (total - 1))
+
+
+def augment_strength(
+    epoch: int, total: int, ramp: str, start: float, end: float, clean: int, clean_value: float
+) -> float:
+    """Strength of epoch `epoch` (0-based) of `total`: a linear or cosine ramp from start to end
+    over the first total - clean epochs, then `clean_value` for the last `clean` epochs."""
+    ramped = total - clean
+    if epoch >= ramped:
+        return clean_value
+    if ramp == "cosine":
+        return start if ramped <= 1 else _cos(start, end, epoch / (ramped - 1))
+    return linear(epoch, ramped, start, end)
 
 
 def sgdr_lr(

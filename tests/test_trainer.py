@@ -107,7 +107,7 @@ def test_every_group_follows_its_own_1cycle_and_momentum():
     )
     phase = Phase("full", 4, torch.nn.Identity(), [], lambda e, t: None, None)
     c = cfg()
-    total = 40  # steps: 10 warm-up, 30 down
+    total = 41  # steps: 10 warm-up, then 30 down to the last step (40)
     for step, frac_lr, mom in [(0, 1 / 25, 0.95), (10, 1.0, 0.85), (40, 1e-4, 0.95)]:
         _set_lrs(opt, phase, peaks, step, total, 10, c)
         for g, peak in zip(opt.param_groups, peaks, strict=True):

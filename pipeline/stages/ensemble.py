@@ -1,16 +1,22 @@
-"""ensemble: blend every model's fold predictions; score the out-of-fold blend.
+"""ensemble: blend every model's fold predictions; score the out-of-fold blend honestly.
 
-    python -m pipeline ensemble            # the teachers: reads train.backbones, base.folds, metric
+    python -m pipeline ensemble            # the teachers: train.backbones, base.folds, ensemble.*
     python -m pipeline ensemble --final    # what submit uses: the students (+ teachers), pseudo.*
 
-OOF: each training row is predicted by the one fold model that never saw it; models are
-averaged. Test: the mean over every fold and model. Multi-label: per-class decision thresholds
-are tuned on the OOF blend to maximise competition.metric (never worse than 0.5 there).
+A member is one backbone's predictions (with its TTA), or with `ensemble.snapshots` the mean of
+its SGDR snapshots. OOF: each training row is predicted by the one fold model that never saw it.
+Test: the mean over folds. Members are averaged with equal weights, or with `ensemble.weights:
+fit` non-negative weights summing to one that minimise the log loss (BCE for multi-label):
+fold k's rows are blended with weights fitted on the other folds' rows, the test set with weights
+fitted on every OOF row. Multi-label: per-class thresholds for fold k's rows are tuned on the
+other folds' blended rows; the test set's on all of them. The CV is therefore never scored on
+rows that chose its weights or thresholds.
 
 Teachers write ensemble/{oof,test}.csv, ensemble/thresholds.json ({metric, thresholds: {class:
 t} or null}), metrics/cv.json (`dvc metrics show`: the metric, its CV value, every applicable
-metric, the value per backbone and, for multi-label, every metric at threshold 0.5) and
-metrics/confusion.csv (actual, predicted), the OOF confusion matrix of `dvc plots show`.
+metric, the CV of every backbone with and without TTA, of every snapshot set, the blend weights
+and, for multi-label, every metric at threshold 0.5) and metrics/confusion.csv (actual,
+predicted), the OOF confusion matrix of `dvc plots show`.
 
 `--final` blends the students (students/preds/), with `pseudo.blend_teachers` the teachers too,
 or the teachers alone with `pseudo.enabled: false`; it writes final/ (the same three files),
@@ -21,66 +27,191 @@ is submitted) and metrics/final_confusion.csv.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy.optimize import minimize
 
 from pipeline import metrics
 from pipeline.files import PipelineError, atomic_dir, read_json, write_csv, write_json
 from pipeline.index import Index, encode_labels, read_index
-from pipeline.params import Params, load_params
+from pipeline.params import Ensemble, Params, load_params
 from pipeline.preds import blend, read_preds
 from pipeline.roles import STUDENT, TEACHER, skipped
 
+EQUAL = Ensemble(weights="equal", snapshots=False)
 
-def member_oof(index: Index, folder: Path, folds: list[int]) -> pd.DataFrame:
-    """One model's out-of-fold predictions: every training id exactly once, in index order."""
-    oof = pd.concat([read_preds(folder / f"fold{k}" / "oof.csv", index.classes) for k in folds])
+
+@dataclass(frozen=True)
+class Member:
+    """One blend member's OOF (every training id, index order) and test (mean over folds)."""
+
+    oof: pd.DataFrame
+    test: pd.DataFrame
+    fold: np.ndarray  # the fold whose model predicted each OOF row
+
+
+@dataclass(frozen=True)
+class Blend:
+    oof: pd.DataFrame
+    test: pd.DataFrame
+    report: dict  # every metric of the OOF blend, honest thresholds
+    thresholds: np.ndarray  # for the test set (multi-label; 0.5 otherwise)
+    row_thresholds: np.ndarray  # (rows, classes): what each OOF row was decided with
+    weights: list[float]  # per member, fitted on every OOF row (what the test set uses)
+
+
+def read_member(index: Index, fold_dirs: dict[int, list[Path]], suffix: str = "") -> Member:
+    """fold k -> the folders averaged into fold k's predictions (one model, or its snapshots)."""
+    oofs, tests, folds = [], [], []
+    for k, dirs in fold_dirs.items():
+        oof = blend([read_preds(d / f"oof{suffix}.csv", index.classes) for d in dirs])
+        oofs.append(oof)
+        folds.append(pd.Series(k, index=oof.index))
+        tests.append(blend([read_preds(d / f"test{suffix}.csv", index.classes) for d in dirs]))
+    oof, fold = pd.concat(oofs), pd.concat(folds)
     if oof.index.duplicated().any() or set(oof.index) != set(index.train["id"]):
-        raise PipelineError(f"{folder}: OOF predictions do not cover each training id once")
-    return oof.loc[index.train["id"]]
+        where = sorted({str(d.parent) for ds in fold_dirs.values() for d in ds})[0]
+        raise PipelineError(f"{where}: OOF predictions do not cover each training id once")
+    ids = index.train["id"]
+    return Member(oof.loc[ids], blend(tests).loc[index.test["id"]], fold.loc[ids].to_numpy())
 
 
-def blend_members(index: Index, members: dict[str, Path], folds: list[int]):
-    """(OOF blend, test blend, OOF per member) over model folders `{label: preds/<model>}`."""
-    oofs = {name: member_oof(index, folder, folds) for name, folder in members.items()}
-    tests = [
-        read_preds(folder / f"fold{k}" / "test.csv", index.classes)
-        for folder in members.values()
-        for k in folds
-    ]
-    return blend(list(oofs.values())), blend(tests).loc[index.test["id"]], oofs
+def snapshot_dirs(folder: Path, folds: list[int]) -> dict[int, list[Path]] | None:
+    """Each fold's SGDR snapshot prediction folders, or None where a fold has none."""
+    found = {k: sorted((folder / f"fold{k}" / "snapshots").glob("cycle*")) for k in folds}
+    return found if all(found.values()) else None
 
 
-def score(index: Index, metric: str, oof: pd.DataFrame, oofs: dict[str, pd.DataFrame]):
-    """(CV report, thresholds) of an OOF blend; thresholds tuned on it for multi-label."""
+def variants(index: Index, label: str, folder: Path, folds: list[int]) -> dict[str, Member]:
+    """A model's members as reported: with TTA, without, and its snapshot set if it has one."""
+    plain = {k: [folder / f"fold{k}"] for k in folds}
+    out = {label: read_member(index, plain)}
+    if all((d[0] / "oof_plain.csv").exists() for d in plain.values()):  # predict writes them
+        out[f"{label} (no TTA)"] = read_member(index, plain, "_plain")
+    snaps = snapshot_dirs(folder, folds)
+    if snaps is not None:
+        out[f"{label} snapshots"] = read_member(index, snaps)
+    return out
+
+
+def blend_loss(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Log loss of probabilities (BCE per class and row for multi-label): what `fit` minimises."""
+    p = np.clip(probs, metrics.EPS, 1 - metrics.EPS)
+    if targets.ndim == 2:
+        return float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean())
+    return float(-np.log(p[np.arange(len(p)), targets.astype(int)]).mean())
+
+
+def fit_weights(stack: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Non-negative weights summing to one over members (M, rows, classes), by log loss."""
+    m = len(stack)
+    if m == 1:
+        return np.ones(1)
+    res = minimize(
+        lambda w: blend_loss(np.tensordot(w, stack, 1), targets),
+        np.full(m, 1 / m),
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * m,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}],
+    )
+    w = np.clip(res.x, 0, None)
+    return w / w.sum()
+
+
+def evaluate(index: Index, metric: str, members: dict[str, Member], mode: str) -> Blend:
+    """Blend members (`mode`: equal | fit) and score the OOF blend without peeking: fold k's
+    rows take weights and thresholds chosen on the other folds' rows."""
     task = index.meta["task"]
     metrics.check_applies(metric, task)
     targets = encode_labels(index.train["label"], index.classes, task)
-    oof_np = oof.to_numpy()
-    thresholds = metrics.tune_thresholds(metric, oof_np, targets)
-    report = metrics.report(oof_np, targets, thresholds)
-    per_model = {
-        n: metrics.value(metric, o.to_numpy(), targets, thresholds) for n, o in oofs.items()
+    stack = np.stack([m.oof.to_numpy() for m in members.values()])
+    fold = next(iter(members.values())).fold
+    tuned = task == "multi_label"
+
+    def weights(rows: np.ndarray) -> np.ndarray:
+        return (
+            fit_weights(stack[:, rows], targets[rows])
+            if mode == "fit"
+            else np.full(len(stack), 1 / len(stack))
+        )
+
+    oof, row_thr = np.zeros(stack.shape[1:]), np.full(stack.shape[1:], 0.5)
+    for k in np.unique(fold):
+        rows, other = fold == k, fold != k
+        blended = np.tensordot(weights(other), stack, 1)
+        oof[rows] = blended[rows]
+        if tuned:
+            row_thr[rows] = metrics.tune_thresholds(metric, blended[other], targets[other])
+    w_all = weights(np.ones(len(fold), dtype=bool))
+    full = np.tensordot(w_all, stack, 1)
+    thresholds = metrics.tune_thresholds(metric, full, targets) if tuned else row_thr[0]
+    test = np.tensordot(w_all, np.stack([m.test.to_numpy() for m in members.values()]), 1)
+    first = next(iter(members.values()))
+    return Blend(
+        pd.DataFrame(oof, index=first.oof.index, columns=index.classes),
+        pd.DataFrame(test, index=first.test.index, columns=index.classes),
+        metrics.report(oof, targets, row_thr),
+        thresholds,
+        row_thr,
+        [round(float(w), 6) for w in w_all],
+    )
+
+
+def cv_report(index: Index, metric: str, chosen: dict[str, Member], reported, mode: str):
+    """(Blend of `chosen`, cv.json): the blend's CV beside every reported member's own."""
+    b = evaluate(index, metric, chosen, mode)
+    singles = {
+        n: evaluate(index, metric, {n: m}, "equal").report[metric] for n, m in reported.items()
     }
-    cv = {"metric": metric, "cv": report[metric], **report, "per_model": per_model}
-    if task == "multi_label":
-        cv["at_threshold_0.5"] = metrics.report(oof_np, targets, 0.5)
-    return cv, thresholds
+    cv = {"metric": metric, "cv": b.report[metric], **b.report}
+    cv["members"] = dict(zip(chosen, b.weights, strict=True))  # name -> weight on the test set
+    cv["single"] = singles  # every backbone with and without TTA, every snapshot set
+    cv["per_model"] = {n: v for n, v in singles.items() if n in chosen}
+    top = best(metric, list(singles.values()))
+    cv["blend_minus_best_single"] = round(b.report[metric] - top, 6)
+    if index.meta["task"] == "multi_label":
+        targets = encode_labels(index.train["label"], index.classes, "multi_label")
+        cv["at_threshold_0.5"] = metrics.report(b.oof.to_numpy(), targets, 0.5)
+    return b, cv
 
 
-def write_blend(index: Index, metric: str, oof, test, thresholds, out: Path, confusion: Path):
+def best(metric: str, values: list[float]) -> float:
+    return max(values) if metrics.METRICS[metric].higher_is_better else min(values)
+
+
+def collect(index: Index, folders: dict[str, Path], folds: list[int], snapshots: bool):
+    """(members blended, members reported) over model folders `{label: preds/<model>}`."""
+    reported, chosen = {}, {}
+    for label, folder in folders.items():
+        found = variants(index, label, folder, folds)
+        reported |= found
+        chosen[label] = found[label]
+        if snapshots:
+            if f"{label} snapshots" not in found:
+                raise PipelineError(
+                    f"ensemble.snapshots: {folder} has no SGDR snapshots; set train.schedule: "
+                    "sgdr (a snapshot per cycle) or ensemble.snapshots: false"
+                )
+            chosen[f"{label} snapshots"] = found[f"{label} snapshots"]
+    return chosen, reported
+
+
+def write_blend(index: Index, metric: str, b: Blend, out: Path, confusion: Path) -> None:
     decision = {"metric": metric, "thresholds": None}
     if index.meta["task"] == "multi_label":
         decision["thresholds"] = {
-            c: float(t) for c, t in zip(index.classes, thresholds, strict=True)
+            c: float(t) for c, t in zip(index.classes, b.thresholds, strict=True)
         }
     with atomic_dir(out) as tmp:  # the three files appear together or not at all
-        write_csv(tmp / "oof.csv", oof.reset_index())
-        write_csv(tmp / "test.csv", test.reset_index())
+        write_csv(tmp / "oof.csv", b.oof.rename_axis("id").reset_index())
+        write_csv(tmp / "test.csv", b.test.rename_axis("id").reset_index())
         write_json(tmp / "thresholds.json", decision)
     targets = encode_labels(index.train["label"], index.classes, index.meta["task"])
-    pairs = metrics.confusion_pairs(oof.to_numpy(), targets, index.classes, metric, thresholds)
+    pairs = metrics.confusion_pairs(b.oof.to_numpy(), targets, index.classes, metric,
+                                    b.row_thresholds)  # fmt: skip
     write_csv(confusion, pairs)
 
 
@@ -88,22 +219,28 @@ def run(
     backbones: list[str],
     folds: list[int],
     metric: str,
+    settings: Ensemble = EQUAL,
     preds: Path = TEACHER.preds,
     out: Path = Path("ensemble"),
     out_metrics: Path = Path("metrics/cv.json"),
     out_confusion: Path = Path("metrics/confusion.csv"),
 ) -> dict:
     index = read_index()
-    oof, test, oofs = blend_members(index, {n: preds / n for n in backbones}, folds)
-    cv, thresholds = score(index, metric, oof, oofs)
-    write_blend(index, metric, oof, test, thresholds, out, out_confusion)
+    chosen, reported = collect(index, {n: preds / n for n in backbones}, folds, settings.snapshots)
+    b, cv = cv_report(index, metric, chosen, reported, settings.weights)
+    write_blend(index, metric, b, out, out_confusion)
     write_json(out_metrics, cv)
-    others = ", ".join(f"{k} {v:.4f}" for k, v in cv.items() if isinstance(v, float) and k != "cv")
-    print(
-        f"ensemble: {len(backbones)} backbone(s) x {len(folds)} folds, CV {metric} "
-        f"{cv['cv']:.4f} ({others})"
-    )
+    print_report("ensemble", cv, settings.weights)
     return cv
+
+
+def print_report(title: str, cv: dict, mode: str) -> None:
+    m = cv["metric"]
+    print(f"{title}: CV {m} per member (OOF, each alone):")
+    for name, v in cv["single"].items():
+        print(f"  {name:<40} {v:.4f}")
+    weights = ", ".join(f"{n} {w:.3f}" for n, w in cv["members"].items())
+    print(f"  {'blend (' + mode + ' weights)':<40} {cv['cv']:.4f}   weights: {weights}")
 
 
 def final_members(p: Params) -> dict[str, Path]:
@@ -127,11 +264,11 @@ def run_final(
     out_metrics: Path = Path("metrics/final.json"),
     out_confusion: Path = Path("metrics/final_confusion.csv"),
 ) -> dict:
-    index, metric, folds = read_index(), p.competition.metric, p.base.folds
+    index, metric, folds, ens = read_index(), p.competition.metric, p.base.folds, p.ensemble
     members = final_members(p)
-    oof, test, oofs = blend_members(index, members, folds)
-    cv, thresholds = score(index, metric, oof, oofs)
-    write_blend(index, metric, oof, test, thresholds, out, out_confusion)
+    chosen, reported = collect(index, members, folds, ens.snapshots)
+    b, cv = cv_report(index, metric, chosen, reported, ens.weights)
+    write_blend(index, metric, b, out, out_confusion)
     if not teacher_cv.exists():
         raise PipelineError(f"{teacher_cv}: missing; run `dvc repro ensemble` first")
     teachers_cv = read_json(teacher_cv)
@@ -141,14 +278,14 @@ def run_final(
     summary = {"metric": metric, "cv": cv["cv"], "submitted": ", ".join(members)}
     summary["teacher_cv"] = teacher
     if p.pseudo.enabled:
-        students = {n: f for n, f in members.items() if n.startswith("student")}
-        s_oof, _, s_oofs = blend_members(index, students, folds)
-        student = score(index, metric, s_oof, s_oofs)[0]["cv"]
+        students = {n: m for n, m in chosen.items() if n.startswith("student")}
+        student = evaluate(index, metric, students, ens.weights).report[metric]
         summary |= {"student_cv": student, "student_minus_teacher": round(student - teacher, 6)}
         summary["pseudo_source"] = p.pseudo.source
         if p.pseudo.source == "ensemble":
             summary["warning"] = "pseudo.source: ensemble leaks validation labels: CV optimistic"
     write_json(out_metrics, {**summary, "report": cv})
+    print_report("ensemble --final", cv, ens.weights)
     print_final(summary)
     return summary
 
@@ -174,4 +311,4 @@ def main(argv: list[str]) -> None:
     if a.final:
         run_final(p)
     else:
-        run(p.train.backbones, p.base.folds, p.competition.metric)
+        run(p.train.backbones, p.base.folds, p.competition.metric, p.ensemble)

@@ -47,6 +47,7 @@ from pipeline.data import (
     balanced_sampler,
     build_transforms,
     class_weights,
+    epoch_strength,
     mixed_batches,
     pseudo_per_batch,
     split_dataset,
@@ -57,6 +58,8 @@ from pipeline.loop import LoopConfig, Phase, fit
 from pipeline.params import Params, Pseudo, Train, load_params
 from pipeline.roles import DISABLED, STUDENT, TEACHER, Role, write_skips
 
+AUTO_STEPS = 16  # train.batch_size: auto halves the batch until an epoch has this many steps
+MIN_STEPS = 200  # fewer optimizer steps in all than this prints a warning
 SECTIONS = ("base", "model", "head", "lr_find", "train", "augment")  # what shapes the weights
 PSEUDO = Path("pseudo")
 Loader = torch.utils.data.DataLoader
@@ -83,7 +86,9 @@ class FoldData:
     train_rows: np.ndarray  # positions in index.train
     valid_rows: np.ndarray
     targets: np.ndarray  # the training rows' encoded labels (ids, or multi-hot)
-    size: int  # network input, px
+    size: int  # network input, px: the last of `sizes`, what predict uses
+    sizes: list[int]  # progressive resizing: the sizes epochs train at, smallest first
+    batch: int  # train.batch_size, or the one `auto` picked for these rows
     norm: dict  # mean, std
 
 
@@ -224,7 +229,8 @@ def fold_data(p: Params, index: Index, net: nn.Module, fold: int, acc) -> FoldDa
     task = index.meta.get("task", "single_label")
     check_task_settings(p.train, task)
     train_rows, valid_rows = fold_rows(index, read_folds(), fold)
-    size = model.input_size(net, p.base.image_size)
+    sizes = p.train.sizes or [model.input_size(net, p.base.image_size)]
+    size = sizes[-1]
     cache = index.images("train")
     if cache is not None and cache.shape[1] < size:
         acc.print(
@@ -233,14 +239,48 @@ def fold_data(p: Params, index: Index, net: nn.Module, fold: int, acc) -> FoldDa
         )
     targets = encode_labels(index.train["label"].iloc[train_rows], index.classes, task)
     norm = model.data_config(net, p.model.mean, p.model.std)
-    return FoldData(index, task, train_rows, valid_rows, targets, size, norm)
+    batch = batch_size(p.train.batch_size, len(train_rows))
+    if p.train.batch_size == "auto":
+        acc.print(f"train.batch_size: auto -> {batch} for {len(train_rows)} training rows")
+    return FoldData(index, task, train_rows, valid_rows, targets, size, sizes, batch, norm)
+
+
+def batch_size(setting: int | str, rows: int) -> int:
+    """`auto`: 64, halved (not below 8) until an epoch has at least AUTO_STEPS optimizer steps."""
+    if setting != "auto":
+        return int(setting)
+    batch = 64
+    while batch > 8 and rows // batch < AUTO_STEPS:
+        batch //= 2
+    return batch
+
+
+def epoch_size(sizes: list[int], epoch: int, total: int) -> int:
+    """Progressive resizing: the epochs split evenly over the sizes, smallest first."""
+    return sizes[min(len(sizes) - 1, epoch * len(sizes) // max(1, total))]
+
+
+def check_steps(spec: Spec, d: FoldData, acc: Accelerator) -> None:
+    """Warn when a model that starts from scratch or hub weights gets too few optimizer steps."""
+    if spec.init is not None:
+        return  # a student refining its teacher continues a trained model
+    per_epoch = max(1, len(d.train_rows) // d.batch)
+    total = per_epoch * (spec.head_epochs + spec.epochs)
+    if total < MIN_STEPS:
+        epochs = "pseudo.epochs" if spec.role is STUDENT else "train.epochs"
+        acc.print(
+            f"warning: {total} optimizer steps in all ({per_epoch} per epoch at batch {d.batch} "
+            f"for {len(d.train_rows)} rows); under {MIN_STEPS} a model rarely converges: raise "
+            f"{epochs} or lower train.batch_size"
+        )
 
 
 def mixed_loader(p: Params, spec: Spec, d: FoldData, labeled, tf, epoch: int, seed: int):
     """A student's epoch: every batch pseudo:labeled = 1:pseudo.ratio, item weights attached."""
     ps, tc, n_classes = spec.mix, p.train, len(d.index.classes)
     positions = pd.Series(np.arange(len(d.index.test)), index=d.index.test["id"])
-    pseudo = split_dataset(d.index, "test", positions.loc[spec.pseudo["id"]].to_numpy(), tf, d.size)
+    rows = positions.loc[spec.pseudo["id"]].to_numpy()
+    pseudo = split_dataset(d.index, "test", rows, tf, labeled.size)
     lab_targets = d.targets if d.targets.ndim == 2 else np.eye(n_classes)[d.targets]
     weight = schedules.rampup(epoch, ps.weight_rampup, ps.weight)
     ds = torch.utils.data.ConcatDataset(
@@ -253,29 +293,31 @@ def mixed_loader(p: Params, spec: Spec, d: FoldData, labeled, tf, epoch: int, se
         order = np.array(list(balanced_sampler(d.targets, seed)))
     else:
         order = np.random.default_rng(seed).permutation(len(labeled))
-    batches = mixed_batches(order, len(pseudo), tc.batch_size, ps.ratio, seed + 1)
+    batches = mixed_batches(order, len(pseudo), d.batch, ps.ratio, seed + 1)
     return Loader(ds, batch_sampler=batches, num_workers=tc.num_workers)
 
 
 def train_loaders(p: Params, spec: Spec, d: FoldData, fold: int) -> Callable[[int, int], Loader]:
-    """(epoch, total epochs) -> that epoch's loader: augmentation grows harsher over training."""
+    """(epoch, total epochs) -> that epoch's loader at its scheduled augmentation strength and
+    image size (epoch_strength, epoch_size)."""
     tc = p.train
 
     def loader(epoch: int, total: int) -> Loader:
-        strength = schedules.linear(epoch, total, p.augment.strength_start, p.augment.strength_end)
+        strength = epoch_strength(p.augment, epoch, total)
         seed = epoch_seed(p.base.seed, fold, epoch)
         tf = build_transforms("train", strength, p.augment, **d.norm, seed=seed)
-        ds = split_dataset(d.index, "train", d.train_rows, tf, d.size)
+        size = epoch_size(d.sizes, epoch, total)
+        ds = split_dataset(d.index, "train", d.train_rows, tf, size)
         if spec.pseudo is not None:
             return mixed_loader(p, spec, d, ds, tf, epoch, seed)
         sampler = balanced_sampler(d.targets, seed) if tc.sampler == "balanced" else None
         return Loader(
             ds,
-            batch_size=tc.batch_size,
+            batch_size=d.batch,
             shuffle=sampler is None,
             sampler=sampler,
             generator=torch.Generator().manual_seed(seed),
-            drop_last=len(ds) > tc.batch_size,
+            drop_last=len(ds) > d.batch,
             num_workers=tc.num_workers,
         )
 
@@ -284,7 +326,7 @@ def train_loaders(p: Params, spec: Spec, d: FoldData, fold: int) -> Callable[[in
 
 def precomputed_head(p: Params, head: Phase, net: nn.Module, d: FoldData, fold, acc) -> None:
     """The backbone is fully frozen: run it once and train the classifier on its features."""
-    bs = p.train.batch_size
+    bs = d.batch
     plain = build_transforms("valid", 0, None, **d.norm)
     f_train, f_valid = (
         features(
@@ -354,16 +396,17 @@ def valid_loader(p: Params, d: FoldData, acc: Accelerator) -> Loader:
     """Fold k's validation rows with their real labels, never a pseudolabel."""
     plain = build_transforms("valid", 0, None, **d.norm)
     ds = split_dataset(d.index, "train", d.valid_rows, plain, d.size)
-    return acc.prepare(
-        Loader(ds, batch_size=p.train.batch_size * 2, num_workers=p.train.num_workers)
-    )
+    return acc.prepare(Loader(ds, batch_size=d.batch * 2, num_workers=p.train.num_workers))
 
 
 class Recorder:
     """Prints and logs every epoch (dvclive), keeps the best weights and the SGDR snapshots."""
 
-    def __init__(self, title: str, metric: str, live_path: Path, ckpt: Path, acc: Accelerator):
-        self.title, self.metric, self.acc = title, metric, acc
+    def __init__(
+        self, title: str, metric: str, live_path: Path, ckpt: Path, acc: Accelerator,
+        schedule: Callable[[int], dict],  # 0-based epoch -> its augmentation strength and size
+    ):  # fmt: skip
+        self.title, self.metric, self.acc, self.schedule = title, metric, acc, schedule
         self.live_path, self.ckpt = live_path, ckpt
         self.live = (
             Live(dir=str(live_path), dvcyaml=None, save_dvc_exp=False, report=None)
@@ -372,10 +415,12 @@ class Recorder:
         )
 
     def log(self, row: dict) -> None:
+        sched = self.schedule(row["epoch"] - 1)
         self.acc.print(
             f"{self.title} epoch {row['epoch']:>3} [{row['phase']}] "
             f"train_loss {row['train_loss']:.4f} valid_loss {row['valid_loss']:.4f} "
-            f"valid_{self.metric} {row['valid_metric']:.4f} ({row['images_per_s']:.0f} img/s)"
+            f"valid_{self.metric} {row['valid_metric']:.4f} ({row['images_per_s']:.0f} img/s, "
+            f"augment {sched['augment_strength']:.2f}, {sched['image_size']} px)"
         )
         if self.live is not None:
             self.live.log_metric("train_loss", row["train_loss"])
@@ -383,6 +428,8 @@ class Recorder:
             self.live.log_metric(f"valid_{self.metric}", row["valid_metric"])
             self.live.log_metric("peak_lr", row["lr"])
             self.live.log_metric("images_per_s", row["images_per_s"])
+            for k, v in sched.items():
+                self.live.log_metric(k, v)
             self.live.next_step()
 
     def lr_find(self, phase: str, lrs: list[float], losses: list[float], chosen: float) -> None:
@@ -452,6 +499,9 @@ def model_info(p: Params, name: str, fold: int, spec: Spec, d: FoldData) -> dict
         "mean": list(d.norm["mean"]),
         "std": list(d.norm["std"]),
         "metric": p.competition.metric,
+        "augment": p.augment.model_dump(),  # for TTA's random draws of the training augmentation
+        "batch_size": d.batch,
+        "sizes": d.sizes,
     }
     if spec.pseudo is not None:
         info["pseudolabeled"] = len(spec.pseudo)
@@ -483,10 +533,20 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     if spec.head_epochs:
         phases.insert(0, head_phase(p, spec, net, groups, loaders, valid, d, fold, acc))
     title = f"{'student ' if student else ''}{name} fold {fold}"
-    describe(title, spec, d, groups, phases, p, acc)
+    describe(title, spec, d, groups, phases, acc)
+    check_steps(spec, d, acc)
     key = fingerprint(p, name, fold, index.root / "train.csv", FOLDS, *spec.files, student=student)
     ckpt = spec.role.ckpt / name / f"fold{fold}"
-    rec = Recorder(title, p.competition.metric, spec.role.live / name / f"fold{fold}", ckpt, acc)
+    total = spec.head_epochs + spec.epochs
+
+    def schedule(epoch: int) -> dict:
+        return {
+            "augment_strength": epoch_strength(p.augment, epoch, total),
+            "image_size": epoch_size(d.sizes, epoch, total),
+        }
+
+    live = spec.role.live / name / f"fold{fold}"
+    rec = Recorder(title, p.competition.metric, live, ckpt, acc, schedule)
 
     def metric(probs: np.ndarray, t: np.ndarray) -> float:
         return metrics.score(p.competition.metric, probs, t)
@@ -501,7 +561,7 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     acc.wait_for_everyone()
 
 
-def describe(title: str, spec: Spec, d: FoldData, groups, phases, p: Params, acc) -> None:
+def describe(title: str, spec: Spec, d: FoldData, groups, phases, acc) -> None:
     """What trains in which phase; for a student, how its batches are mixed."""
     trainable = {ph.name: {g["name"] for g in ph.groups} for ph in phases}
     extra = "" if spec.pseudo is None else f" + {len(spec.pseudo)} pseudolabeled test images"
@@ -510,19 +570,19 @@ def describe(title: str, spec: Spec, d: FoldData, groups, phases, p: Params, acc
         f"{len(groups)} layer groups\n{model.summary(groups, trainable)}"
     )
     if spec.pseudo is not None:
-        mix_note(p, spec, acc)
+        mix_note(spec, d.batch, acc)
 
 
-def mix_note(p: Params, spec: Spec, acc: Accelerator) -> None:
-    n = pseudo_per_batch(p.train.batch_size, spec.mix.ratio) if len(spec.pseudo) else 0
+def mix_note(spec: Spec, batch: int, acc: Accelerator) -> None:
+    n = pseudo_per_batch(batch, spec.mix.ratio) if len(spec.pseudo) else 0
     if not len(spec.pseudo):
         acc.print(
             f"warning: no test image reached pseudo.threshold {spec.mix.threshold}; the student "
             "trains on labeled rows only"
         )
     acc.print(
-        f"batches: {n} pseudolabeled + {p.train.batch_size - n} labeled "
-        f"({n / p.train.batch_size:.1%} pseudo), pseudo loss weight {spec.mix.weight}"
+        f"batches: {n} pseudolabeled + {batch - n} labeled "
+        f"({n / batch:.1%} pseudo), pseudo loss weight {spec.mix.weight}"
         + (f" ramped up over {spec.mix.weight_rampup} epochs" if spec.mix.weight_rampup else "")
     )
 
