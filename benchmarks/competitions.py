@@ -2,7 +2,10 @@
 its built-in demo. Every image comes from scikit-learn's bundled digits (1,797 real 8x8 scans).
 
     python benchmarks/competitions.py tiny DEST [--seed N]        # csv layout, 4 classes
+    python benchmarks/competitions.py binary DEST [--seed N]      # csv layout, digits 3 and 8
     python benchmarks/competitions.py multilabel DEST [--seed N]  # planet layout, digit tags
+
+binary: digits 3 and 8 as 100 training and 200 test images, laid out as tiny.
 
 tiny: digits 3, 5, 8 and 9 (the most confusable) as 100 training and 400 test images, stratified:
 train.csv (id,label), train/<id>.png, test/<id>.png, sample_submission.csv (id,label) and the
@@ -37,6 +40,8 @@ from sklearn.model_selection import train_test_split
 
 TINY_CLASSES = (3, 5, 8, 9)
 TINY_TRAIN, TINY_TEST = 100, 400
+BINARY_CLASSES = (3, 8)
+BINARY_TRAIN, BINARY_TEST = 100, 200
 TAGS = tuple(range(6))  # multilabel: the digits used as tags
 ML_TRAIN, ML_TEST = 600, 600
 CELL = 8  # px, one digit
@@ -60,15 +65,20 @@ def save_png(path: Path, img: np.ndarray) -> None:
 
 def write_tiny(dest: Path, seed: int) -> None:
     """csv layout: a stratified 100/400 split of four confusable digit classes."""
+    write_digits(dest, seed, TINY_CLASSES, TINY_TRAIN, TINY_TEST)
+
+
+def write_binary(dest: Path, seed: int) -> None:
+    """csv layout: a stratified 100/200 split of digits 3 and 8, a two-class tiny competition."""
+    write_digits(dest, seed, BINARY_CLASSES, BINARY_TRAIN, BINARY_TEST)
+
+
+def write_digits(dest: Path, seed: int, classes, n_train: int, n_test: int) -> None:
     images, target = digits_uint8()
     rng = np.random.default_rng(seed)
-    rows = np.flatnonzero(np.isin(target, TINY_CLASSES))
+    rows = np.flatnonzero(np.isin(target, classes))
     tr, te = train_test_split(
-        rows,
-        train_size=TINY_TRAIN,
-        test_size=TINY_TEST,
-        stratify=target[rows],
-        random_state=seed,
+        rows, train_size=n_train, test_size=n_test, stratify=target[rows], random_state=seed
     )
     ids = random_ids(len(images), rng)
     for split, idx in (("train", tr), ("test", te)):
@@ -76,7 +86,7 @@ def write_tiny(dest: Path, seed: int) -> None:
             save_png(dest / split / f"{ids[i]}.png", images[i])
     pd.DataFrame({"id": ids[tr], "label": target[tr]}).to_csv(dest / "train.csv", index=False)
     order = rng.permutation(te)  # the sample's order is its own, not the files'
-    sample = pd.DataFrame({"id": ids[order], "label": TINY_CLASSES[0]})
+    sample = pd.DataFrame({"id": ids[order], "label": classes[0]})
     sample.to_csv(dest / "sample_submission.csv", index=False)
     sample.assign(label=target[order]).to_csv(dest / "solution.csv", index=False)
 
@@ -119,7 +129,11 @@ def write_multilabel(dest: Path, seed: int) -> None:
     test.to_csv(dest / "solution.csv", index=False)
 
 
-KINDS: dict[str, Callable[[Path, int], None]] = {"tiny": write_tiny, "multilabel": write_multilabel}
+KINDS: dict[str, Callable[[Path, int], None]] = {
+    "tiny": write_tiny,
+    "binary": write_binary,
+    "multilabel": write_multilabel,
+}
 
 
 def write_into(dest: Path, kind: str, seed: int) -> None:

@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
-from sklearn.utils.class_weight import compute_class_weight
 
 from pipeline import schedules
 from pipeline.files import PipelineError
@@ -62,6 +61,8 @@ def class_weights(targets: np.ndarray, n_classes: int, kind: str, beta: float) -
             f"class weights: classes {np.flatnonzero(counts == 0).tolist()} have no rows"
         )
     if kind == "balanced":
+        from sklearn.utils.class_weight import compute_class_weight  # slow import: only here
+
         return compute_class_weight("balanced", classes=np.arange(n_classes), y=targets)
     w = (1 - beta) / (1 - beta**counts)
     return w * n_classes / w.sum()

@@ -168,3 +168,20 @@ def tiny_params(over: dict | None = None) -> dict:
     """The project's params.yaml with tiny-run overrides, as a plain dict."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     return merge(merge(raw, TINY_PARAMS), over or {})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests (end to end) first, the longest first: two workers then finish together."""
+    longest = ("test_dvc_repro_end_to_end", "test_multi_label_tags_planet")
+    long = (  # tens of seconds each, though not end to end
+        "test_tiny_two_class_competition_trains_with_default_params",
+        "test_killed_run_resumes_at_the_next_epoch",
+        "test_two_processes_end_with_identical_weights_and_one_writer",
+    )
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        name = item.name.split("[")[0]
+        slow = "slow" in item.keywords or name in long
+        return (0 if slow else 1, 0 if name in longest else 1)
+
+    items.sort(key=rank)

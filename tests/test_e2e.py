@@ -27,8 +27,15 @@ ROUND = {
 }
 
 
+RECIPE = {  # two backbones, SGDR with a snapshot per cycle (epochs 1 and 3), fitted weights
+    "train": {"backbones": ["resnet10t", "test_resnet"], "schedule": "sgdr", "epochs": 3},
+    "ensemble": {"weights": "fit", "snapshots": True},
+    "tta": {"views": ["hflip", "shift"], "beta": "auto"},
+}
+
+
 def test_dvc_repro_end_to_end(project, tiny_comp):
-    project.set_params({"pseudo": {"threshold": 0.0}})  # a 1-epoch teacher is never confident
+    project.set_params(RECIPE)
     first = project.run(["dvc", "repro"])
     assert ran(first)[:3] == ["download", "prepare", "folds"]
     order = ran(first)
@@ -52,6 +59,8 @@ def test_dvc_repro_end_to_end(project, tiny_comp):
     assert "accuracy" in project.run(["dvc", "metrics", "show"]).stdout
     plots = project.run(["dvc", "plots", "show", "--json"]).stdout
     assert "metrics/confusion.csv" in plots and "plots/metrics/valid_loss.tsv" in plots
+    assert "plots/metrics/augment_strength.tsv" in plots
+    check_blend_report(project)
 
     # nothing changed: nothing runs
     assert ran(project.run(["dvc", "repro"])) == []
@@ -71,18 +80,36 @@ def test_dvc_repro_end_to_end(project, tiny_comp):
     off = ran(project.run(["dvc", "repro"]))
     assert not any(s.startswith(("train@", "predict@")) for s in off)
     final = json.loads((project.path / "metrics/final.json").read_text())
-    assert final["submitted"] == "teacher resnet10t" and "student_cv" not in final
+    assert final["submitted"] == "teacher resnet10t, teacher test_resnet"
+    assert "student_cv" not in final
     # (the round stays off below: the teachers' own reruns)
-    # one train param: train and what follows, nothing upstream
-    project.set_params({"train": {"lr": 0.002}})
-    again = ran(project.run(["dvc", "repro"]))
-    assert "train@resnet10t-0" in again and "submit" in again
-    assert not {"download", "prepare", "folds"} & set(again)
     # only TTA: predict and what follows, never training
-    project.set_params({"tta": {"views": ["basic"]}})
+    project.set_params({"tta": {"views": ["identity"], "beta": 0.5}})
     tta = ran(project.run(["dvc", "repro"]))
     assert "predict@resnet10t-1" in tta and not any(s.startswith("train@") for s in tta)
     assert ran(project.run(["dvc", "repro", "submit"])) == []
+    # one train param makes every teacher stale, nothing upstream
+    project.set_params({"train": {"lr": 0.002}})
+    stale = project.run(["dvc", "status"]).stdout
+    assert "train@resnet10t-0" in stale and "train@test_resnet-1" in stale
+    assert not any(f"{s}:" in stale.split() for s in ("download", "prepare", "folds"))
+
+
+def check_blend_report(project) -> None:
+    """The blend's CV beside every model's, with and without TTA, and every snapshot set."""
+    cv = json.loads((project.path / "metrics/cv.json").read_text())
+    names = [
+        f"{m}{v}" for m in ("resnet10t", "test_resnet") for v in ("", " (no TTA)", " snapshots")
+    ]
+    assert set(cv["single"]) == set(names)
+    assert set(cv["members"]) == {"resnet10t", "test_resnet", "resnet10t snapshots",
+                                  "test_resnet snapshots"}  # fmt: skip
+    assert sum(cv["members"].values()) == pytest.approx(1.0)
+    assert all(0 <= w <= 1 for w in cv["members"].values())
+    snaps = project.path / "preds/test_resnet/fold1/snapshots"
+    assert sorted(p.name for p in snaps.iterdir()) == ["cycle0", "cycle1"]
+    tta = json.loads((project.path / "preds/resnet10t/fold0/tta.json").read_text())
+    assert tta["beta_auto"] and 0 <= tta["beta"] <= 1 and {"oof_plain", "oof_tta"} <= set(tta)
 
 
 def test_unknown_param_stops_the_stage_with_its_name(project):
