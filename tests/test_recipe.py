@@ -153,7 +153,8 @@ def test_epochs_split_evenly_over_the_sizes():
 
 
 def test_batch_size_auto_gives_enough_steps_per_epoch():
-    assert train.batch_size("auto", 1437) == 64  # the demo's training rows: 22 steps
+    assert train.batch_size("auto", 2000) == 64  # 31 steps of 64
+    assert train.batch_size("auto", 920) == 32  # the demo: 28 steps of 32, not 14 of 64
     assert train.batch_size("auto", 480) == 16  # 30 steps of 16 rather than 7 of 64
     assert train.batch_size("auto", 80) == 8  # a tiny competition: never below 8
     assert train.batch_size(48, 80) == 48
