@@ -70,11 +70,11 @@ def line(kind: str, r: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("kinds", nargs="*", default=list(OVERRIDES), choices=list(OVERRIDES))
+    ap.add_argument("kinds", nargs="*", choices=[*OVERRIDES, []], help=", ".join(OVERRIDES))
     ap.add_argument("--set", action="append", default=[], help="params override, a.b=value")
     a = ap.parse_args()
     extra = parse_set(a.set)
-    for kind in a.kinds:
+    for kind in a.kinds or OVERRIDES:
         with tempfile.TemporaryDirectory() as tmp:
             print(line(kind, run(kind, Path(tmp), extra)), flush=True)
 

@@ -109,9 +109,9 @@ def show(name: str, r: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("variants", nargs="*", choices=[*VARIANTS, []], help=", ".join(VARIANTS))
     a = ap.parse_args()
-    for name in a.variants:
+    for name in a.variants or VARIANTS:
         with tempfile.TemporaryDirectory() as tmp:
             show(name, run(name, Path(tmp)))
 

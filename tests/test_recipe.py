@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from accelerate import Accelerator
@@ -194,3 +195,21 @@ def test_tiny_two_class_competition_trains_with_default_params(tmp_path, monkeyp
     assert "train.batch_size: auto -> 8 for 80 training rows" in out
     print(f"tiny two-class CV accuracy, folds 0 and 1: {scores}")
     assert np.mean(scores) >= 0.9, scores  # chance is 0.5; batch 64 (1 step an epoch) gets 0.7
+
+
+def test_predict_keeps_every_view_and_random_draws_of_the_training_augmentation(workdir):
+    tta = {"views": ["hflip", "zoom"], "random": 2, "random_strength": 0.5, "beta": 0.25}
+    p = parse_params(tiny_params({"tta": tta}))
+    train.run(p, "resnet10t", 0)
+    predict.run(p, "resnet10t", 0)
+    out = workdir / "preds/resnet10t/fold0"
+    npz = np.load(out / "views.npz")
+    views = ["plain", "hflip", "zoom", "random0", "random1"]
+    assert sorted(npz.files) == sorted(f"{s}/{v}" for s in ("oof", "test") for v in views)
+    assert not np.allclose(npz["oof/random0"], npz["oof/random1"])  # two different draws
+    oof = pd.read_csv(out / "oof.csv").set_index("id").to_numpy()
+    plain = pd.read_csv(out / "oof_plain.csv").set_index("id").to_numpy()
+    np.testing.assert_allclose(plain, npz["oof/plain"], atol=1e-6)
+    mean_views = np.mean([npz[f"oof/{v}"] for v in views[1:]], 0)
+    np.testing.assert_allclose(oof, 0.25 * plain + 0.75 * mean_views, atol=1e-6)
+    assert json.loads((out / "tta.json").read_text())["beta"] == 0.25
