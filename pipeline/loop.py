@@ -57,6 +57,7 @@ class LoopConfig:
     lr_find: LrFind
     key: str  # hash of everything that shapes training: a checkpoint resumes only on a match
     class_weights: list[float] | None = None
+    maximize: bool = True  # the metric's direction (log loss: False); rows keep its natural sign
 
 
 @dataclass
@@ -258,7 +259,7 @@ def fit(
     model: nn.Module,  # the whole model: what checkpoints and `on_best` see
     phases: list[Phase],
     cfg: LoopConfig,
-    metric: Callable[[np.ndarray, np.ndarray], float],  # (probs, targets) -> higher is better
+    metric: Callable[[np.ndarray, np.ndarray], float],  # (probs, targets) -> its natural value
     acc: Accelerator,
     ckpt: Path,
     log: Callable[[dict], None],  # each epoch's row, also the ones replayed on resume
@@ -339,14 +340,15 @@ def fit(
             images_per_s = seen * acc.num_processes / (time.perf_counter() - started)
             # --- eval
             v_loss, probs, targets = evaluate(net, phase.valid_loader, acc, loss_fn, cfg.task)
-            score = metric(probs, targets)
+            value = metric(probs, targets)
+            score = value if cfg.maximize else -value
             row = {
                 "epoch": epoch + 1,
                 "phase": phase.name,
                 "train_loss": loss_sum / seen,
                 "valid_loss": v_loss,
                 "images_per_s": images_per_s,  # training steps only, all processes
-                "valid_metric": score,
+                "valid_metric": value,  # natural sign: a log loss stays positive
                 "lr": peaks[-1],
                 "step_lrs": step_lrs,  # the head group's LR at every step of the epoch
             }

@@ -432,6 +432,15 @@ class Recorder:
                 self.live.log_metric(k, v)
             self.live.next_step()
 
+    def keep(self, best: dict, epoch: int) -> None:
+        """metrics.json describes the kept epoch, not the last one logged."""
+        s = self.live.summary
+        s.update(train_loss=best["train_loss"], valid_loss=best["valid_loss"])
+        s[f"valid_{self.metric}"] = best["valid_metric"]
+        s.update(peak_lr=best["lr"], images_per_s=best["images_per_s"], best_epoch=epoch)
+        s.update(self.schedule(epoch - 1))
+        s["step"] = epoch - 1  # dvclive's step of that epoch
+
     def lr_find(self, phase: str, lrs: list[float], losses: list[float], chosen: float) -> None:
         if self.live is not None:
             curve = "lr\tloss\n" + "".join(
@@ -463,7 +472,7 @@ def save_outputs(net, hist, rec: Recorder, out: Path, info: dict) -> None:
         model.save(net, tmp, {**info, "phase_lrs": hist.lrs})
         if (rec.ckpt / "snapshots").exists():
             shutil.copytree(rec.ckpt / "snapshots", tmp / "snapshots")
-    rec.live.summary["best_epoch"] = hist.best_epoch
+    rec.keep(best, hist.best_epoch)
     rec.live.end()
     shutil.rmtree(rec.ckpt)  # finished: the next run with these params starts afresh
 
@@ -484,6 +493,7 @@ def loop_config(p: Params, task: str, weights: np.ndarray | None, key: str) -> L
         lr_find=p.lr_find,
         class_weights=None if weights is None else [float(w) for w in weights],
         key=key,
+        maximize=metrics.METRICS[p.competition.metric].higher_is_better,
     )
 
 
@@ -549,7 +559,7 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     rec = Recorder(title, p.competition.metric, live, ckpt, acc, schedule)
 
     def metric(probs: np.ndarray, t: np.ndarray) -> float:
-        return metrics.score(p.competition.metric, probs, t)
+        return metrics.value(p.competition.metric, probs, t)
 
     cfg = loop_config(p, d.task, weights, key)
     hist = fit(net, phases, cfg, metric, acc, ckpt / "state.pt", rec.log, rec.best, rec.lr_find,
