@@ -8,6 +8,7 @@ python -m pipeline summary        # CV score, local leaderboard score, submissio
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,20 @@ def main(argv: list[str]) -> int:
             importlib.import_module(f"pipeline.stages.{argv[0]}").main(argv[1:])
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: {argv[0]} stopped; nothing it writes is ever half-written; rerun it "
+            "(training resumes after its last finished epoch)",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as e:  # a bug, not bad input: one line, the traceback on request
+        if os.environ.get("PIPELINE_DEBUG") == "1":
+            raise
+        where = f"{argv[0]}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+        print(f"error: {where}\n(unexpected: rerun with PIPELINE_DEBUG=1 for the traceback)",
+              file=sys.stderr)  # fmt: skip
         return 1
     return 0
 

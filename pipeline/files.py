@@ -23,6 +23,15 @@ class PipelineError(Exception):
     """A problem the user can fix (bad input, bad params): printed as one line, no traceback."""
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # temporary files are private (0600/0700); outputs get the user's usual mode
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success move it to `dest`, on error delete it."""
@@ -33,6 +42,8 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -46,6 +57,7 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~UMASK)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

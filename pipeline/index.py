@@ -73,9 +73,29 @@ def fold_rows(index: Index, folds: pd.DataFrame, fold: int) -> tuple[np.ndarray,
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Decode any PIL-readable file to an RGB uint8 array (H, W, 3)."""
+    """Decode any PIL-readable file to an RGB uint8 array (H, W, 3). 16-bit, 32-bit integer and
+    float grayscale images are scaled to 8 bits (to_uint8): PIL's convert would clip them."""
     with Image.open(path) as im:
+        if im.mode.startswith(("I", "F")):
+            gray = to_uint8(np.asarray(im), im.mode)
+            return np.repeat(gray[..., None], 3, axis=2)
         return np.asarray(im.convert("RGB"))
+
+
+def to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit modes (I;16…) and 32-bit integers within 0-65535: v / 257. Floats (F): [0, 1] x 255,
+    [0, 255] as they are, [0, 65535] / 257. Anything else: stretched from its minimum to maximum."""
+    a = a.astype(np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if mode == "F" and lo >= 0 and hi <= 1:
+        a = a * 255
+    elif mode == "F" and lo >= 0 and hi <= 255:
+        pass
+    elif lo >= 0 and hi <= 65535:
+        a = a / 257
+    else:
+        a = (a - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
 def resize(img: np.ndarray, size: int) -> np.ndarray:

@@ -50,9 +50,16 @@ class Layout:
 
 
 def read_csv(path: Path) -> pd.DataFrame:
+    """Every cell as a string; a UTF-8 byte-order mark and CRLF line ends are fine."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = Path(path).read_bytes()[: e.start].count(b"\n") + 1
+        raise PipelineError(
+            f"{path}: line {line} is not UTF-8 (byte {e.object[e.start]:#x}); save the file as "
+            f"UTF-8, e.g. `iconv -f latin1 -t utf-8 {Path(path).name} > fixed.csv`"
+        ) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise PipelineError(f"{path}: not a readable CSV ({e})") from None
 
 
@@ -424,4 +431,29 @@ def read(raw: Path, comp: Competition) -> Layout:
             f"{sample_path}: columns {list(sample.columns)}; expected an id column and at least "
             "one value column"
         )
-    return READERS[name](raw, comp, sample, sample_path)
+    layout = READERS[name](raw, comp, sample, sample_path)
+    check_one_id_per_image(layout.train)
+    if layout.task == "single_label":
+        layout.train["label"] = whole_numbers(layout.train["label"])
+    return layout
+
+
+def check_one_id_per_image(train: pd.DataFrame) -> None:
+    """One image file under two ids (76014 and 76014.png) would be two conflicting rows."""
+    if train.empty or "path" not in train:
+        return
+    dup = train[train["path"].duplicated(keep=False)]
+    if len(dup):
+        first = dup["path"].iloc[0]
+        ids = train.loc[train["path"] == first, "id"].tolist()
+        raise PipelineError(
+            f"{first}: one image listed under {len(ids)} ids {ids[:4]}; {dup['path'].nunique()} "
+            "image(s) are; keep one row per image in the label CSV"
+        )
+
+
+def whole_numbers(labels: pd.Series) -> pd.Series:
+    """Class labels written as floats (0.0, 1.0, ...) become the integers they are."""
+    if len(labels) and labels.str.fullmatch(r"-?\d+\.0*").all():
+        return labels.str.replace(r"\.0*$", "", regex=True)
+    return labels

@@ -55,7 +55,7 @@ class LoopConfig:
     cycle_mult: int
     label_smoothing: float
     lr_find: LrFind
-    key: str  # hash of everything that shapes training: a checkpoint resumes only on a match
+    key: dict[str, str] | str  # hashes of what shapes training: a checkpoint resumes on a match
     class_weights: list[float] | None = None
     maximize: bool = True  # the metric's direction (log loss: False); rows keep its natural sign
 
@@ -366,7 +366,7 @@ def fit(
     return hist
 
 
-def _save_checkpoint(path: Path, key: str, phase: str, model, opt, hist: History) -> None:
+def _save_checkpoint(path: Path, key: dict | str, phase: str, model, opt, hist: History) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "key": key,
@@ -384,7 +384,7 @@ def _save_checkpoint(path: Path, key: str, phase: str, model, opt, hist: History
         torch.save(state, tmp)
 
 
-def _load_checkpoint(path: Path, key: str) -> dict | None:
+def _load_checkpoint(path: Path, key: dict | str) -> dict | None:
     if not path.exists():
         return None
     try:
@@ -392,6 +392,11 @@ def _load_checkpoint(path: Path, key: str) -> dict | None:
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
         print(f"ignoring unreadable checkpoint {path} ({type(e).__name__}); starting afresh")
         return None
-    if state.get("key") != key:
-        return None  # written under other params or data: start afresh
+    if state.get("key") != key:  # written under other params, data, weights or code
+        old, new = state.get("key"), key
+        parts = ["params or data"]
+        if isinstance(old, dict) and isinstance(new, dict):
+            parts = [k for k in new if old.get(k) != new[k]]
+        print(f"not resuming from {path}: made with other {', '.join(parts)}; starting afresh")
+        return None
     return state

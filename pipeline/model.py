@@ -32,13 +32,31 @@ def create(name: str, num_classes: int, pretrained: bool | str, drop_rate: float
         kwargs["pretrained"] = pretrained
     try:
         return timm.create_model(name, **kwargs)
-    except (RuntimeError, OSError) as e:
-        if pretrained is True:
+    except Exception as e:  # whatever the weights file holds, say what it is
+        if isinstance(pretrained, str):
+            why = weights_problem(e, name)
+            raise PipelineError(f"model.pretrained: {pretrained}: {why}") from None
+        if pretrained is True and isinstance(e, (RuntimeError, OSError)):
             raise PipelineError(
                 f"could not fetch pretrained weights for '{name}' ({e}); offline, set "
                 "model.pretrained to a local weights file"
             ) from None
         raise
+
+
+def weights_problem(e: Exception, name: str) -> str:
+    """Why a local weights file does not load, in one line."""
+    text = str(e)
+    lines = [ln.strip() for ln in text.splitlines()]
+    fit = [ln for ln in lines if ln.startswith(("size mismatch", "Missing key", "Unexpected key"))]
+    if fit:
+        return f"does not fit {name} ({fit[0][:150]}); use weights of this very architecture"
+    if "weights_only" in text:
+        return (
+            "holds pickled Python objects (a whole saved model or custom classes), which are "
+            "never unpickled; save model.state_dict() as .safetensors or with torch.save"
+        )
+    return f"not a readable weights file, corrupt or truncated ({type(e).__name__}: {text[:80]})"
 
 
 def data_config(

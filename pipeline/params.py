@@ -68,7 +68,7 @@ class Prepare(Section):
 
 class Model(Section):
     pretrained: bool | str  # true: timm download, false: random init, str: local weights file
-    drop_rate: float
+    drop_rate: Annotated[float, Field(ge=0, lt=1)]  # dropout probability before the classifier
     n_groups: int  # layer groups for differential LRs, the head included (>= 2)
     mean: list[float] | None  # input normalisation; None: the model's own (timm data config)
     std: list[float] | None

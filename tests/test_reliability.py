@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import timm
+import torch
+from safetensors.torch import save_file
 
 from pipeline.params import parse_params
-from pipeline.stages import train
-from tests.conftest import tiny_params
+from pipeline.stages import folds, prepare, train
+from tests.conftest import tiny_params, write_csv_competition
 
 
 @pytest.mark.parametrize("metric", ["log_loss", "accuracy"])
@@ -31,3 +36,67 @@ def test_training_metrics_keep_their_sign_and_describe_the_kept_epoch(workdir, m
     losses = pd.read_csv(live / "plots/metrics/train_loss.tsv", sep="\t")["train_loss"]
     assert summary["train_loss"] == pytest.approx(losses.iloc[best])
     assert summary["step"] == best
+
+
+def interrupted_after_first_epoch(p, monkeypatch) -> None:
+    """Train, stopped right after epoch 1's checkpoint (as a kill would)."""
+    real = train.Recorder.log
+
+    def log(self, row):
+        real(self, row)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(train.Recorder, "log", log)
+        with pytest.raises(KeyboardInterrupt):
+            train.run(p, "resnet10t", 0)
+    assert Path("checkpoints/resnet10t/fold0/state.pt").exists()
+
+
+def prepared(comp: Path, seed: int) -> None:
+    """The csv competition at `comp` with images drawn from `seed`, prepared and folded."""
+    shutil.rmtree(comp, ignore_errors=True)
+    write_csv_competition(comp, seed=seed)
+    p = parse_params(tiny_params({"competition": {"source": "path", "path": str(comp)}}))
+    shutil.rmtree("data/raw", ignore_errors=True)
+    shutil.copytree(comp, "data/raw")
+    prepare.run(p.prepare, p.competition)
+    folds.run(p.base.seed, 2)
+
+
+def test_changed_images_never_resume_a_checkpoint(tmp_path, monkeypatch, capsys):
+    """Kill after epoch 1, replace every image (same train.csv), rerun: a fresh start."""
+    monkeypatch.chdir(tmp_path)
+    prepared(tmp_path / "comp", seed=0)
+    p = parse_params(tiny_params({"train": {"epochs": 2}}))
+    interrupted_after_first_epoch(p, monkeypatch)
+    before = Path("data/prepared/train.csv").read_text()
+    prepared(tmp_path / "comp", seed=1)  # every image different, the same ids and labels
+    assert Path("data/prepared/train.csv").read_text() == before
+    capsys.readouterr()
+    train.run(p, "resnet10t", 0)
+    out = capsys.readouterr().out
+    assert "made with other data; starting afresh" in out
+    assert "resuming" not in out.replace("not resuming", "")
+
+
+def test_a_changed_weights_file_never_resumes_a_checkpoint(workdir, monkeypatch, capsys):
+    file = workdir / "init.safetensors"
+    src = timm.create_model("resnet10t", num_classes=3)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(file))
+    p = parse_params(tiny_params({"model": {"pretrained": str(file)}, "train": {"epochs": 2}}))
+    interrupted_after_first_epoch(p, monkeypatch)
+    torch.manual_seed(5)
+    other = timm.create_model("resnet10t", num_classes=3)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(file))
+    capsys.readouterr()
+    train.run(p, "resnet10t", 0)
+    assert "made with other weights; starting afresh" in capsys.readouterr().out
+
+
+def test_the_same_inputs_resume(workdir, monkeypatch, capsys):
+    p = parse_params(tiny_params({"train": {"epochs": 2}}))
+    interrupted_after_first_epoch(p, monkeypatch)
+    capsys.readouterr()
+    train.run(p, "resnet10t", 0)
+    assert "at epoch 2 (epochs 1-1 done)" in capsys.readouterr().out

@@ -18,13 +18,15 @@ n_test.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from pipeline import layouts, metrics
 from pipeline.files import PipelineError, atomic_dir, write_csv, write_json
@@ -145,26 +147,36 @@ def write_pixel_images(layout: layouts.Layout, tmp: Path, out: Path) -> list[str
     return to_decode
 
 
-def decode_all(paths: list[str], size: int | None) -> tuple[np.ndarray | None, list[str]]:
-    """Open every image once; return the resized stack (if size) and the unreadable files."""
-    bad, stack = [], []
+def decode_all(paths: list[str], size: int | None) -> tuple[np.ndarray | None, list[str], str]:
+    """Open every image once; return the resized stack (if size), the unreadable files and the
+    sha256 of every file's bytes in order (training's resume key)."""
+    bad, stack, h = [], [], hashlib.sha256()
     for p in paths:
+        data = Path(p).read_bytes()
+        h.update(len(data).to_bytes(8, "little") + data)
+        if not data:
+            bad.append(f"{p} (empty file: 0 bytes)")
+            continue
         try:
-            img = load_image(p)
+            img = load_image(io.BytesIO(data))
+        except UnidentifiedImageError:
+            bad.append(f"{p} (not an image format PIL can read)")
+            continue
         except Exception as e:  # PIL raises many types for broken files; all mean "unreadable"
             bad.append(f"{p} ({type(e).__name__}: {e})")
             continue
         if size:
             stack.append(resize(img, size))
-    return (np.stack(stack) if size and not bad else None), bad
+    return (np.stack(stack) if size and not bad else None), bad, h.hexdigest()
 
 
-def cache_images(layout: layouts.Layout, decode: list[str], size: int | None, tmp: Path) -> None:
-    """Decode every image once (the check) and, with a size, save the resized arrays."""
-    bad = []
+def cache_images(layout: layouts.Layout, decode: list[str], size: int | None, tmp: Path) -> dict:
+    """Decode every image once (the check) and, with a size, save the resized arrays; returns
+    the content hash of each split's image files."""
+    bad, hashes = [], {}
     n_train = len(layout.train)
     for split, paths in (("train", decode[:n_train]), ("test", decode[n_train:])):
-        stack, unreadable = decode_all(paths, size)
+        stack, unreadable, hashes[split] = decode_all(paths, size)
         bad += unreadable
         if stack is not None:
             np.save(tmp / f"{split}_images.npy", stack)
@@ -172,6 +184,7 @@ def cache_images(layout: layouts.Layout, decode: list[str], size: int | None, tm
         listed = "\n  ".join(bad[:20])
         more = f"\n  … and {len(bad) - 20} more" if len(bad) > 20 else ""
         raise PipelineError(f"{len(bad)} unreadable image(s):\n  {listed}{more}")
+    return hashes
 
 
 def run(cfg: Prepare, comp: Competition, raw: Path = RAW, out: Path = PREPARED) -> dict:
@@ -200,7 +213,8 @@ def run(cfg: Prepare, comp: Competition, raw: Path = RAW, out: Path = PREPARED) 
             decode = write_pixel_images(layout, tmp, out)
         else:
             decode = layout.train["path"].tolist() + layout.test["path"].tolist()
-        cache_images(layout, decode, cfg.cache_size, tmp)
+        meta["images_sha256"] = cache_images(layout, decode, cfg.cache_size, tmp)
+        meta["cache_size"] = cfg.cache_size
         columns = ["id", "path", "label"] + (["group"] if "group" in layout.train else [])
         write_csv(tmp / "train.csv", layout.train[columns])
         write_csv(tmp / "test.csv", layout.test[["id", "path"]])

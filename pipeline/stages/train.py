@@ -62,6 +62,7 @@ AUTO_STEPS = 16  # train.batch_size: auto halves the batch until an epoch has th
 MIN_STEPS = 200  # fewer optimizer steps in all than this prints a warning
 SECTIONS = ("base", "model", "head", "lr_find", "train", "augment")  # what shapes the weights
 PSEUDO = Path("pseudo")
+CODE = Path(__file__).resolve().parents[1]  # the pipeline package: its code is in the resume key
 Loader = torch.utils.data.DataLoader
 
 
@@ -145,9 +146,9 @@ def check_teacher(weights: Path, recorded: str | None, folder: Path) -> None:
         )
 
 
-def fingerprint(p: Params, name: str, fold: int, *files: Path, student: bool = False) -> str:
-    """Hash of every param and input file that shapes this run: resume only on an exact match."""
-    h = hashlib.sha256()
+def fingerprint(p: Params, name: str, fold: int, *files: Path, student: bool = False) -> dict:
+    """What shapes this run, part by part (params, data, weights, code): a checkpoint resumes
+    only when every part matches, and a mismatch names the parts that differ."""
     sections = {k: getattr(p, k).model_dump() for k in SECTIONS}
     unused = {"backbones", "num_workers"} | ({"epochs", "lr"} if student else set())
     sections["train"] = p.train.model_dump(exclude=unused)  # no effect on these weights
@@ -156,9 +157,23 @@ def fingerprint(p: Params, name: str, fold: int, *files: Path, student: bool = F
         sections["pseudo"] = p.pseudo.model_dump(
             include={"init", "ratio", "weight", "weight_rampup", "epochs", "lr"}
         )
-    h.update(json.dumps([sections, p.competition.metric, name, fold], sort_keys=True).encode())
-    for f in files:
-        h.update(f.read_bytes())
+    params = json.dumps([sections, p.competition.metric, name, fold], sort_keys=True)
+    weights = p.model.pretrained
+    code = sorted(CODE.rglob("*.py"))
+    return {
+        "params": _digest([params.encode()]),
+        # train.csv, meta.json (it holds the sha256 of every image file and the cache size),
+        # folds.csv and a student's pseudolabels and teacher
+        "data": _digest(f.read_bytes() for f in files),
+        "weights": sha256(weights) if isinstance(weights, str) else str(weights),
+        "code": _digest(f.relative_to(CODE).as_posix().encode() + f.read_bytes() for f in code),
+    }
+
+
+def _digest(chunks) -> str:
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(len(c).to_bytes(8, "little") + c)
     return h.hexdigest()[:16]
 
 
@@ -480,7 +495,7 @@ def save_outputs(net, hist, rec: Recorder, out: Path, info: dict) -> None:
 # --- the recipe ---------------------------------------------------------------------------
 
 
-def loop_config(p: Params, task: str, weights: np.ndarray | None, key: str) -> LoopConfig:
+def loop_config(p: Params, task: str, weights: np.ndarray | None, key: dict) -> LoopConfig:
     tc = p.train
     return LoopConfig(
         task=task,
@@ -545,7 +560,8 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     title = f"{'student ' if student else ''}{name} fold {fold}"
     describe(title, spec, d, groups, phases, acc)
     check_steps(spec, d, acc)
-    key = fingerprint(p, name, fold, index.root / "train.csv", FOLDS, *spec.files, student=student)
+    data = (index.root / "train.csv", index.root / "meta.json", FOLDS, *spec.files)
+    key = fingerprint(p, name, fold, *data, student=student)
     ckpt = spec.role.ckpt / name / f"fold{fold}"
     total = spec.head_epochs + spec.epochs
 

@@ -1,0 +1,188 @@
+"""The bad-input matrix: every case is either handled as a competitor expects, or stops its stage
+with a short message naming the file, row, column or key, exit code 1, no traceback and no
+partial output. Each case runs the real command (`python -m pipeline STAGE`) in-process."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from pipeline import __main__ as cli
+from pipeline.index import read_index
+from tests.conftest import ROOT, TINY_PARAMS, merge, write_csv_competition
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    break_it: Callable[[Path], dict | None]  # (data/raw) -> params overrides
+    error: str | None  # a regex the one-line message matches; None: accepted
+    stage: str = "prepare"
+    check: Callable[[Path], None] | None = None  # for accepted cases
+
+
+def first_train_image(raw: Path) -> Path:
+    return sorted((raw / "train").glob("*.png"))[0]
+
+
+def overwrite(data: bytes) -> Callable[[Path], None]:
+    def f(raw: Path) -> None:
+        first_train_image(raw).write_bytes(data)
+
+    return f
+
+
+def truncate(raw: Path) -> None:
+    f = first_train_image(raw)
+    f.write_bytes(f.read_bytes()[:40])
+
+
+def edit_csv(name: str, fn: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[Path], None]:
+    def f(raw: Path) -> None:
+        frame = pd.read_csv(raw / name, dtype=str, keep_default_na=False)
+        fn(frame).to_csv(raw / name, index=False)
+
+    return f
+
+
+def image_as(mode: str, n: int = 5) -> Callable[[Path], None]:
+    """The first n training images re-saved in a PIL mode (colour cue kept in the values)."""
+
+    def f(raw: Path) -> None:
+        for path in sorted((raw / "train").glob("*.png"))[:n]:
+            rgb = Image.open(path).convert("RGB")
+            if mode == "I;16":
+                a = np.asarray(rgb.convert("L")).astype(np.uint16) * 257
+                Image.fromarray(a).save(path)
+            elif mode == "CMYK":
+                rgb.convert("CMYK").save(path.with_suffix(".jpg"), quality=95)
+                path.unlink()
+            else:
+                rgb.convert(mode).save(path)
+
+    return f
+
+
+def huge(raw: Path) -> None:
+    img = np.random.default_rng(0).integers(0, 255, (3000, 3000, 3), dtype=np.uint8)
+    Image.fromarray(img).save(first_train_image(raw))
+
+
+def latin1(raw: Path) -> None:
+    text = (raw / "train.csv").read_text().replace("tr003,cat", "tr003,chat noir é")
+    (raw / "train.csv").write_bytes(text.encode("latin-1"))
+
+
+def bom_crlf(raw: Path) -> None:
+    text = (raw / "train.csv").read_text()
+    (raw / "train.csv").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+
+
+def float_labels(raw: Path) -> None:
+    frame = pd.read_csv(raw / "train.csv", dtype=str)
+    frame["label"] = frame["label"].map({"cat": "0.0", "dog": "1.0", "fox": "2.0"})
+    frame.to_csv(raw / "train.csv", index=False)
+    sample = pd.read_csv(raw / "sample_submission.csv", dtype=str).assign(label="0")
+    sample.to_csv(raw / "sample_submission.csv", index=False)
+
+
+def two_ids_one_image(raw: Path) -> None:
+    frame = pd.read_csv(raw / "train.csv", dtype=str)
+    extra = pd.DataFrame({"id": [frame["id"][0] + ".png"], "label": ["fox"]})
+    pd.concat([frame, extra]).to_csv(raw / "train.csv", index=False)
+
+
+def classes_of(meta_classes: list[str]) -> Callable[[Path], None]:
+    def check(root: Path) -> None:
+        assert read_index(root / "data" / "prepared").classes == meta_classes
+
+    return check
+
+
+def decoded(root: Path) -> None:
+    cache = read_index(root / "data" / "prepared").images("train")
+    assert cache.shape[1:] == (16, 16, 3) and cache.dtype == np.uint8
+    assert cache[:5].reshape(5, -1).std(1).min() > 0  # not binarised to flat 0/255 images
+
+
+PNG_HEADER = b"\x89PNG\r\n\x1a\n"
+CASES = [
+    Case("corrupt image", overwrite(PNG_HEADER + b"garbage" * 20), r"1 unreadable image.*tr000"),
+    Case("truncated image", truncate, r"1 unreadable image.*tr000"),
+    Case("zero-byte image", overwrite(b""), r"tr000\.png \(empty file: 0 bytes\)"),
+    Case("missing train image", lambda raw: first_train_image(raw).unlink(), r"tr000"),
+    Case(
+        "duplicate train id",
+        edit_csv("train.csv", lambda f: pd.concat([f, f[:1]])),
+        r"train\.csv: id 'tr000' appears 2 times",
+    ),  # fmt: skip
+    Case(
+        "duplicate sample id",
+        edit_csv("sample_submission.csv", lambda f: pd.concat([f, f[:1]])),
+        r"sample_submission\.csv: id '.*' appears 2 times",
+    ),  # fmt: skip
+    Case(
+        "empty label",
+        edit_csv("train.csv", lambda f: f.assign(label=f["label"].where(f.index != 3, ""))),
+        r"row 5 \(id 'tr003'\)",
+    ),  # fmt: skip
+    Case(
+        "sample ids match no test image",
+        edit_csv("sample_submission.csv", lambda f: f.assign(id="zz" + f["id"])),
+        r"zzte",
+    ),
+    Case(
+        "label column missing", lambda raw: {"competition": {"label_column": "breed"}}, r"breed"
+    ),  # fmt: skip
+    Case("non-UTF-8 CSV", latin1, r"train\.csv: line 5 is not UTF-8.*iconv"),
+    Case("BOM and CRLF CSV", bom_crlf, None, check=classes_of(["cat", "dog", "fox"])),
+    Case("labels written as floats", float_labels, None, check=classes_of(["0", "1", "2"])),
+    Case("one image under two ids", two_ids_one_image, r"one image listed under 2 ids"),
+    Case("grayscale images", image_as("L"), None, check=decoded),
+    Case("RGBA images", image_as("RGBA"), None, check=decoded),
+    Case("palette images", image_as("P"), None, check=decoded),
+    Case("1-bit images", image_as("1"), None, check=decoded),
+    Case("16-bit grayscale images", image_as("I;16"), None, check=decoded),
+    Case("CMYK JPEG images", image_as("CMYK"), None, check=decoded),
+    Case("a huge image", huge, None, check=decoded),
+    Case("unknown param", lambda raw: {"train": {"epochz": 3}}, r"unknown key 'train\.epochz'"),
+    Case("mistyped param", lambda raw: {"train": {"epochs": "ten"}}, r"key 'train\.epochs'"),
+    Case(
+        "out-of-range param", lambda raw: {"model": {"drop_rate": 1.5}}, r"key 'model\.drop_rate'"
+    ),  # fmt: skip
+]
+
+
+def write_params(root: Path, over: dict | None) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = merge(merge(raw, TINY_PARAMS), {"competition": {"source": "path", "path": "x"}})
+    params = merge(params, over or {})
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case: Case, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    raw = write_csv_competition(tmp_path / "data" / "raw")
+    write_params(tmp_path, case.break_it(raw))
+    code = cli.main([case.stage])
+    err = capsys.readouterr().err
+    if case.error is None:
+        assert code == 0, err
+        case.check(tmp_path)
+        return
+    assert code == 1
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("error: ") and len(lines) <= 3, err
+    assert re.search(case.error, err, re.S), err
+    assert not (tmp_path / "data" / "prepared").exists()
+    assert not list((tmp_path / "data").glob(".prepared*"))
