@@ -174,7 +174,10 @@ def download_competition(
     dest = Path(dest)
     wanted = {"competition": competition, "files": sorted(files) if files else None}
     if not force and _finished_download(dest) == wanted:
-        print(f"{dest} already holds the Kaggle download of '{competition}' (force to refetch)")
+        print(
+            f"{dest} already holds the Kaggle download of '{competition}' "
+            "(`python -m pipeline download --force` downloads it again)"
+        )
         return
     with atomic_dir(dest) as tmp:
         for name in files or [None]:
@@ -288,8 +291,8 @@ def _escapes(link_target: str) -> bool:
 
 def _corrupt(archive: Path, err: BaseException) -> PipelineError:
     return PipelineError(
-        f"{archive.name} is truncated or corrupt ({type(err).__name__}: {err}); "
-        "delete it and download again (force the download)"
+        f"{archive.name} is truncated or corrupt ({type(err).__name__}: {err}); replace it with "
+        "a complete copy (a Kaggle download: rerun `python -m pipeline download --force`)"
     )
 
 

@@ -7,6 +7,7 @@ classifier to the competition's number of classes exactly as it does for hub wei
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,9 @@ from pipeline.files import PipelineError, atomic_path, read_json, write_json
 
 def create(name: str, num_classes: int, pretrained: bool | str, drop_rate: float = 0.0):
     if not timm.is_model(name):
-        raise PipelineError(f"model '{name}' is not a timm model (see timm.list_models())")
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.75)
+        hint = f"did you mean {' or '.join(close)}?" if close else "see timm.list_models()"
+        raise PipelineError(f"model '{name}' is not a timm model; {hint}")
     kwargs: dict = {"num_classes": num_classes, "drop_rate": drop_rate}
     if isinstance(pretrained, str):
         path = Path(pretrained)

@@ -41,7 +41,7 @@ class Base(Section):
     @classmethod
     def _folds_are_range(cls, v: list[int]) -> list[int]:
         if len(v) < 2 or sorted(v) != list(range(len(v))):
-            raise ValueError(f"must be 0, 1, …, K-1 with K >= 2, got {v}")
+            raise ValueError("must be 0, 1, …, K-1 with K >= 2")
         return v
 
 

@@ -4,20 +4,29 @@ partial output. Each case runs the real command (`python -m pipeline STAGE`) in-
 
 from __future__ import annotations
 
+import io
 import re
+import shutil
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import timm
+import torch
 import yaml
 from PIL import Image
+from safetensors.torch import save_file
 
 from pipeline import __main__ as cli
 from pipeline.index import read_index
 from tests.conftest import ROOT, TINY_PARAMS, merge, write_csv_competition
+
+TRAIN = ("train", "--model", "resnet10t", "--fold", "0")
 
 
 @dataclass(frozen=True)
@@ -25,8 +34,10 @@ class Case:
     name: str
     break_it: Callable[[Path], dict | None]  # (data/raw) -> params overrides
     error: str | None  # a regex the one-line message matches; None: accepted
-    stage: str = "prepare"
+    argv: tuple[str, ...] = ("prepare",)
     check: Callable[[Path], None] | None = None  # for accepted cases
+    before: tuple[str, ...] = ()  # stages that run (and succeed) first
+    output: str = "data/prepared"  # what must not exist after an error
 
 
 def first_train_image(raw: Path) -> Path:
@@ -161,6 +172,113 @@ CASES = [
 ]
 
 
+def few_of_one_class(raw: Path) -> None:
+    frame = pd.read_csv(raw / "train.csv", dtype=str)
+    frame.loc[frame.index[frame["label"] == "fox"][1:], "label"] = "cat"  # one fox left
+    frame.to_csv(raw / "train.csv", index=False)
+
+
+def weights(kind: str) -> Callable[[Path], dict]:
+    """model.pretrained pointing at a weights file that cannot load into resnet10t."""
+
+    def f(raw: Path) -> dict:
+        suffix = ".safetensors" if kind in ("mismatch", "corrupt") else ".pth"
+        path = raw.parent / f"{kind.replace(' ', '_')}{suffix}"
+        if kind == "mismatch":
+            net = timm.create_model("resnet18", num_classes=3)
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+        elif kind == "whole model":
+            torch.save(timm.create_model("resnet10t", num_classes=3), path)
+        elif kind == "pickle":
+            torch.save({"fc.weight": Fraction(1, 3)}, path)
+        else:  # corrupt safetensors
+            path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}" + bytes(64))
+        return {"model": {"pretrained": str(path)}}
+
+    return f
+
+
+def local_zip(members: dict[str, bytes], truncate_to: int | None = None) -> Callable:
+    def f(raw: Path) -> dict:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+        data = buf.getvalue()[:truncate_to]
+        (raw.parent / "comp.zip").write_bytes(data)
+        shutil.rmtree(raw)
+        return {"competition": {"path": str(raw.parent / "comp.zip")}}
+
+    return f
+
+
+def wrapped_zip(raw: Path) -> dict:
+    """The competition zipped on a Mac: one wrapper folder, __MACOSX/ and ._ files beside it."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted(raw.rglob("*")):
+            if f.is_file():
+                rel = f.relative_to(raw).as_posix()
+                z.writestr(f"mycomp/{rel}", f.read_bytes())
+                z.writestr(f"__MACOSX/mycomp/._{f.name}", b"\x00\x05")
+        z.writestr("mycomp/.DS_Store", b"junk")
+    (raw.parent / "comp.zip").write_bytes(buf.getvalue())
+    shutil.rmtree(raw)
+    return {"competition": {"path": str(raw.parent / "comp.zip")}}
+
+
+def extra_image(raw: Path) -> None:
+    Image.new("RGB", (12, 12)).save(raw / "train" / "unlisted.png")
+
+
+def three_columns(raw: Path) -> None:
+    frame = pd.read_csv(raw / "train.csv", dtype=str)
+    frame = frame.rename(columns={"label": "breed"}).assign(species=frame["label"])
+    frame.to_csv(raw / "train.csv", index=False)
+
+
+def unlisted_ignored(root: Path) -> None:
+    assert len(read_index(root / "data/prepared").train) == 36
+
+
+def downloaded_and_prepared(root: Path) -> None:
+    assert (root / "data/raw/train.csv").exists() and not (root / "data/raw/__MACOSX").exists()
+    assert not list((root / "data/raw").rglob("._*"))
+    assert len(read_index(root / "data/prepared").train) == 36
+
+
+TAIL = [
+    Case("zip with a wrapper folder and __MACOSX", wrapped_zip, None, argv=("prepare",),
+         before=("download",), check=downloaded_and_prepared),
+    Case("an image not in the label CSV", extra_image, None, check=unlisted_ignored),
+    Case("ambiguous label columns", three_columns,
+         r"train\.csv.*breed.*species.*competition\.label_column"),  # fmt: skip
+    Case("a class with fewer images than folds", few_of_one_class,
+         r"class 'fox' has 1 images, fewer than the 2 folds.*fewest possible",
+         argv=("folds",), before=("prepare",), output="folds/folds.csv"),
+    Case("folds param out of range", lambda raw: {"base": {"folds": [0]}},
+         r"key 'base\.folds': .*K >= 2 \(got \[0\]\)$", argv=("folds",)),
+    Case("empty test folder", lambda raw: [p.unlink() for p in (raw / "test").glob("*")] and None,
+         r"te0"),
+    Case("mistyped backbone", lambda raw: {"train": {"backbones": ["resnet10"]}, "pseudo": {"enabled": False}},
+         r"model 'resnet10' is not a timm model; did you mean resnet10t", before=("prepare",
+         "folds"), argv=("train", "--model", "resnet10", "--fold", "0"), output="models"),
+    *[Case(f"weights file: {kind}", weights(kind), pattern, argv=TRAIN,
+           before=("prepare", "folds"), output="models")
+      for kind, pattern in (
+          ("mismatch", r"does not fit resnet10t \(size mismatch"),
+          ("whole model", r"pickled Python objects"),
+          ("pickle", r"pickled Python objects"),
+          ("corrupt", r"not a readable weights file"),
+      )],
+    Case("zip traversal", local_zip({"../evil.txt": b"x", "train.csv": b"id,label\n"}),
+         r"evil", argv=("download",), output="data/raw"),
+    Case("truncated zip", local_zip({"train.csv": bytes(5000)}, truncate_to=300),
+         r"comp\.zip", argv=("download",), output="data/raw"),
+]  # fmt: skip
+CASES += TAIL
+
+
 def write_params(root: Path, over: dict | None) -> None:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     params = merge(merge(raw, TINY_PARAMS), {"competition": {"source": "path", "path": "x"}})
@@ -173,7 +291,10 @@ def test_bad_input(case: Case, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     raw = write_csv_competition(tmp_path / "data" / "raw")
     write_params(tmp_path, case.break_it(raw))
-    code = cli.main([case.stage])
+    for stage in case.before:
+        assert cli.main([stage]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    code = cli.main(list(case.argv))
     err = capsys.readouterr().err
     if case.error is None:
         assert code == 0, err
@@ -184,5 +305,6 @@ def test_bad_input(case: Case, tmp_path, monkeypatch, capsys):
     lines = err.strip().splitlines()
     assert lines[0].startswith("error: ") and len(lines) <= 3, err
     assert re.search(case.error, err, re.S), err
-    assert not (tmp_path / "data" / "prepared").exists()
-    assert not list((tmp_path / "data").glob(".prepared*"))
+    out = tmp_path / case.output
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}*"))  # no temporary left behind either

@@ -63,12 +63,33 @@ def copy_local(src: Path, dest: Path) -> None:
         shutil.copytree(src, dest, dirs_exist_ok=True)
     else:
         kaggle.safe_extract(src, dest)
+    tidy(dest)
     kaggle.extract_nested(dest)
 
 
-def run(comp: Competition, seed: int, raw: Path = RAW) -> None:
+JUNK = ("__MACOSX", ".DS_Store", "Thumbs.db")
+
+
+def tidy(dest: Path) -> None:
+    """What zipping on a Mac or Windows adds goes (__MACOSX/, .DS_Store, ._* files), and a single
+    wrapper folder (mycomp/train.csv ...) is unwrapped, so the layout is found at the top."""
+    for p in sorted(dest.rglob("*"), reverse=True):
+        if p.name in JUNK or p.name.startswith("._"):
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+    entries = list(dest.iterdir())
+    if len(entries) == 1 and entries[0].is_dir():
+        wrapper = entries[0].rename(dest / f".{entries[0].name}.unwrap")
+        for child in wrapper.iterdir():
+            child.rename(dest / child.name)
+        wrapper.rmdir()
+
+
+def run(comp: Competition, seed: int, raw: Path = RAW, force: bool = False) -> None:
     if comp.source == "kaggle":
-        kaggle.download_competition(comp.name, raw, files=comp.files or None)
+        kaggle.download_competition(comp.name, raw, files=comp.files or None, force=force)
         return
     with atomic_dir(raw) as tmp:
         if comp.source == "demo":
@@ -81,6 +102,8 @@ def run(comp: Competition, seed: int, raw: Path = RAW) -> None:
 
 
 def main(argv: list[str]) -> None:
-    argparse.ArgumentParser(prog="python -m pipeline download").parse_args(argv)
+    ap = argparse.ArgumentParser(prog="python -m pipeline download")
+    ap.add_argument("--force", action="store_true", help="download again (source: kaggle)")
+    a = ap.parse_args(argv)
     p = load_params()
-    run(p.competition, p.base.seed)
+    run(p.competition, p.base.seed, force=a.force)

@@ -26,15 +26,18 @@ from pipeline.params import load_params
 def _check_sizes(train: pd.DataFrame, n_folds: int, task: str) -> None:
     counts = label_counts(train["label"], task)
     what = "tag" if task == "multi_label" else "class"
+    fewer = "use fewer folds (base.folds)" if n_folds > 2 else "two folds are the fewest possible"
     if counts.min() < n_folds:
+        fix = fewer if n_folds > 2 else f"{fewer}: add images of it, or merge or drop the {what}"
         raise PipelineError(
             f"{what} '{counts.idxmin()}' has {counts.min()} images, fewer than the {n_folds} folds "
-            "in base.folds; use fewer folds"
+            f"in base.folds; {fix}"
         )
     if "group" in train and train["group"].nunique() < n_folds:
+        fix = fewer if n_folds > 2 else f"{fewer}: check competition.group_column"
         raise PipelineError(
             f"column 'group' has {train['group'].nunique()} groups, fewer than the {n_folds} "
-            "folds in base.folds; use fewer folds"
+            f"folds in base.folds; {fix}"
         )
 
 
