@@ -247,6 +247,7 @@ def downloaded_and_prepared(root: Path) -> None:
     assert len(read_index(root / "data/prepared").train) == 36
 
 
+MISTYPED = {"train": {"backbones": ["resnet10"]}, "pseudo": {"enabled": False}}
 TAIL = [
     Case("zip with a wrapper folder and __MACOSX", wrapped_zip, None, argv=("prepare",),
          before=("download",), check=downloaded_and_prepared),
@@ -260,7 +261,7 @@ TAIL = [
          r"key 'base\.folds': .*K >= 2 \(got \[0\]\)$", argv=("folds",)),
     Case("empty test folder", lambda raw: [p.unlink() for p in (raw / "test").glob("*")] and None,
          r"te0"),
-    Case("mistyped backbone", lambda raw: {"train": {"backbones": ["resnet10"]}, "pseudo": {"enabled": False}},
+    Case("mistyped backbone", lambda raw: MISTYPED,
          r"model 'resnet10' is not a timm model; did you mean resnet10t", before=("prepare",
          "folds"), argv=("train", "--model", "resnet10", "--fold", "0"), output="models"),
     *[Case(f"weights file: {kind}", weights(kind), pattern, argv=TRAIN,
