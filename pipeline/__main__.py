@@ -8,7 +8,9 @@ python -m pipeline summary        # CV score, local leaderboard score, submissio
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,6 +50,28 @@ def summary() -> None:
             alone = "" if teachers is None else f" (teachers alone: {teachers:.4f})"
             print(f"local leaderboard {metric}: {s[metric]:.4f}{alone}")
     print(f"submission: {sub.resolve() if sub.exists() else 'not written yet'}")
+    stale = stale_stages()
+    if stale:
+        print(
+            f"WARNING: these outputs are not those of the current params, data and code: "
+            f"{len(stale)} stage(s) changed since ({', '.join(stale[:4])}"
+            f"{', …' if len(stale) > 4 else ''}); the last `dvc repro` failed or did not run. "
+            "Rerun `dvc repro` before trusting or uploading them."
+        )
+
+
+def stale_stages() -> list[str]:
+    """Stages whose inputs changed since they last ran (`dvc status`); [] outside a DVC project."""
+    if not Path("dvc.yaml").exists():
+        return []
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "dvc", "status", "--json"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        return list(json.loads(res.stdout or "{}")) if res.returncode == 0 else []
+    except (subprocess.TimeoutExpired, json.JSONDecodeError, OSError):
+        return []
 
 
 def main(argv: list[str]) -> int:

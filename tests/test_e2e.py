@@ -49,6 +49,7 @@ def test_dvc_repro_end_to_end(project, tiny_comp):
     assert {"teacher_cv", "student_cv", "student_minus_teacher"} <= set(final)
     summary = project.run(["pipeline", "summary"]).stdout
     assert "teachers" in summary and "students" in summary
+    assert "WARNING" not in summary
 
     sub = pd.read_csv(project.path / "submissions/submission.csv", dtype=str)
     sample = pd.read_csv(tiny_comp / "sample_submission.csv", dtype=str)
@@ -66,6 +67,9 @@ def test_dvc_repro_end_to_end(project, tiny_comp):
     assert ran(project.run(["dvc", "repro"])) == []
     # only the pseudolabel threshold (now nothing is kept): the round reruns, no teacher does
     project.set_params({"pseudo": {"threshold": 1.0}})
+    stale = project.run(["pipeline", "summary"]).stdout  # as after a failed rerun
+    assert "WARNING: these outputs are not those of the current params" in stale
+    assert "pseudolabel" in stale
     pseudo = ran(project.run(["dvc", "repro"]))
     assert {"pseudolabel", "train_student@resnet10t-0", "ensemble_final", "submit"} <= set(pseudo)
     assert (

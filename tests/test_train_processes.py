@@ -9,13 +9,16 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import tiny_params, write_prepared
+from tests.conftest import tiny_params, write_csv_competition, write_prepared
 
 
 def setup(folder: Path, n_train: int, over: dict) -> dict:
@@ -71,6 +74,65 @@ def test_killed_run_resumes_at_the_next_epoch(tmp_path):
     assert (live / "plots/lr_find/full.tsv").exists()  # the LR range test is not run again…
     assert "LR range test" not in again.stdout
     assert "full" in json.loads((live / "metrics.json").read_text())["lr_find"]  # …but kept
+    clean = tmp_path / "clean"  # the same run, never interrupted, gives the very same weights
+    clean.mkdir()
+    shutil.copy(tmp_path / "params.yaml", clean / "params.yaml")
+    write_prepared(clean, n_train=600, size=32)
+    subprocess.run(TRAIN, cwd=clean, env=env, check=True, capture_output=True)
+    resumed = load_file(str(tmp_path / "models/resnet10t/fold0/model.safetensors"))
+    fresh = load_file(str(clean / "models/resnet10t/fold0/model.safetensors"))
+    assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)
+
+
+def test_ctrl_c_prints_one_line_and_no_traceback(tmp_path):
+    env = setup(tmp_path, 200, {"base": {"image_size": 32}, "train": {"epochs": 2}})
+    proc = subprocess.Popen(
+        TRAIN, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    for line in proc.stdout:
+        if "epoch   1 [full]" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("interrupted: train stopped")
+    assert not (tmp_path / "models").exists()
+
+
+def kill_when(cmd: list[str], cwd: Path, env: dict, seen: Callable[[], bool]) -> None:
+    """Start `cmd`, SIGKILL it the moment `seen()` holds (polled every few ms)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if seen():
+            proc.kill()
+            break
+        time.sleep(0.003)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "finished before it could be killed"
+
+
+def test_killed_prepare_and_predict_leave_nothing_half_written(tmp_path):
+    comp = write_csv_competition(tmp_path / "comp", n_train=800, n_test=100, size=24)
+    over = {"competition": {"source": "path", "path": str(comp)}, "train": {"epochs": 1}}
+    env = setup(tmp_path, 8, over)
+    shutil.rmtree(tmp_path / "data" / "prepared")
+    shutil.copytree(comp, tmp_path / "data" / "raw")
+    prepare = [sys.executable, "-m", "pipeline", "prepare"]
+    kill_when(prepare, tmp_path, env, lambda: any((tmp_path / "data").glob(".prepared*")))
+    assert not (tmp_path / "data" / "prepared").exists()  # the old one is gone, none half-written
+    subprocess.run(prepare, cwd=tmp_path, env=env, check=True, capture_output=True)
+    assert len(pd.read_csv(tmp_path / "data/prepared/train.csv")) == 800
+    fold = [sys.executable, "-m", "pipeline", "folds"]
+    subprocess.run(fold, cwd=tmp_path, env=env, check=True, capture_output=True)
+    subprocess.run(TRAIN, cwd=tmp_path, env=env, check=True, capture_output=True)
+    predict = [sys.executable, "-m", "pipeline", "predict", "--model", "resnet10t", "--fold", "0"]
+    preds = tmp_path / "preds" / "resnet10t"
+    kill_when(predict, tmp_path, env, lambda: any(preds.glob(".fold0*")))
+    assert not (preds / "fold0").exists()
+    subprocess.run(predict, cwd=tmp_path, env=env, check=True, capture_output=True)
+    assert len(pd.read_csv(preds / "fold0" / "oof.csv")) == 400
 
 
 def free_port() -> int:
