@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -100,3 +101,35 @@ def test_the_same_inputs_resume(workdir, monkeypatch, capsys):
     capsys.readouterr()
     train.run(p, "resnet10t", 0)
     assert "at epoch 2 (epochs 1-1 done)" in capsys.readouterr().out
+
+
+def whole_pipeline(root: Path, comp: Path) -> None:
+    """Every stage in-process, from the raw competition to the submission (2 folds, tiny)."""
+    from pipeline.stages import download, ensemble, predict, pseudolabel, submit
+
+    root.mkdir()
+    os.chdir(root)
+    p = parse_params(tiny_params({"competition": {"source": "path", "path": str(comp)}}))
+    download.run(p.competition, p.base.seed)
+    prepare.run(p.prepare, p.competition)
+    folds.run(p.base.seed, 2)
+    for student in (False, True):
+        for k in (0, 1):
+            train.run(p, "resnet10t", k, student=student)
+            predict.run(p, "resnet10t", k, role=train.STUDENT if student else train.TEACHER)
+        if not student:
+            ensemble.run(["resnet10t"], [0, 1], "accuracy", p.ensemble)
+            pseudolabel.run(p.pseudo, ["resnet10t"], [0, 1], "accuracy")
+    ensemble.run_final(p)
+    submit.run("accuracy")
+
+
+def test_two_runs_give_byte_identical_folds_pseudolabels_and_submission(tmp_path, monkeypatch):
+    comp = write_csv_competition(tmp_path / "comp")
+    monkeypatch.chdir(tmp_path)
+    for run in ("a", "b"):
+        whole_pipeline(tmp_path / run, comp)
+    for f in ("folds/folds.csv", "pseudo/fold0/labels.csv", "pseudo/fold1/labels.csv",
+              "submissions/submission.csv", "final/test.csv"):  # fmt: skip
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert len(pd.read_csv(tmp_path / "a/pseudo/fold0/labels.csv")) > 0
