@@ -133,3 +133,13 @@ def test_two_runs_give_byte_identical_folds_pseudolabels_and_submission(tmp_path
               "submissions/submission.csv", "final/test.csv"):  # fmt: skip
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     assert len(pd.read_csv(tmp_path / "a/pseudo/fold0/labels.csv")) > 0
+
+
+def test_outputs_follow_the_umask_not_the_temporary_files_private_mode(tmp_path):
+    from pipeline.files import UMASK, atomic_dir, write_json
+
+    write_json(tmp_path / "a.json", {})
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "x").write_text("x")
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~UMASK
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~UMASK
