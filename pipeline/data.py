@@ -43,6 +43,28 @@ class ImageDataset(torch.utils.data.Dataset):
         return x, (self.labels[i] if self.labels is not None else -1)
 
 
+class Seeded(torch.utils.data.Dataset):
+    """A training dataset whose augmentation draws depend only on (epoch seed, the batch's
+    indices): the DataLoader fetches a whole batch through __getitems__, which seeds the
+    transform first. Every batch draws differently, and any number of workers gives the same
+    batches, hence the same weights (albumentations would otherwise copy one generator state
+    into every worker, and the workers would repeat each other's draws)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, transform: A.Compose, seed: int):
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        state = np.random.SeedSequence([self.seed, *map(int, indices)]).generate_state(1)[0]
+        self.transform.set_random_seed(int(state))
+        return [self.dataset[i] for i in indices]
+
+
 def class_weights(targets: np.ndarray, n_classes: int, kind: str, beta: float) -> np.ndarray | None:
     """Loss weights per class from the training rows' targets (ids or multi-hot).
 

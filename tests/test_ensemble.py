@@ -11,10 +11,13 @@ from pipeline.index import encode_labels, read_index
 from pipeline.stages.ensemble import Member, evaluate, fit_weights
 
 
-def targets_and_folds(index):
-    y = encode_labels(index.train["label"], index.classes, "single_label")
+def folds_of(index) -> np.ndarray:
     folds = pd.read_csv("folds/folds.csv", dtype={"id": str}).set_index("id")["fold"]
-    return y, folds.loc[index.train["id"]].to_numpy()
+    return folds.loc[index.train["id"]].to_numpy()
+
+
+def targets_and_folds(index):
+    return encode_labels(index.train["label"], index.classes, "single_label"), folds_of(index)
 
 
 def member(index, probs: np.ndarray, fold: np.ndarray) -> Member:
@@ -79,7 +82,7 @@ def test_multi_label_thresholds_of_a_fold_are_tuned_on_the_other_folds(workdir):
     index.train["label"] = tags
     index.meta["task"] = "multi_label"
     y = encode_labels(tags, index.classes, "multi_label")
-    _, fold = targets_and_folds(index)
+    fold = folds_of(index)
     rng = np.random.default_rng(3)
     probs = np.clip(y * 0.4 + rng.uniform(0, 0.6, y.shape), 0, 1)
     out = evaluate(index, "f2_samples", {"m": member(index, probs, fold)}, "equal")

@@ -7,11 +7,12 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from pipeline.params import parse_params
 from pipeline.stages import folds, prepare, train
@@ -143,3 +144,31 @@ def test_outputs_follow_the_umask_not_the_temporary_files_private_mode(tmp_path)
         (tmp / "x").write_text("x")
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~UMASK
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~UMASK
+
+
+def batches(p, workers: int) -> list[torch.Tensor]:
+    from pipeline import model as timm_model
+    from pipeline.index import read_index
+
+    p = p.model_copy(update={"train": p.train.model_copy(update={"num_workers": workers})})
+    d = train.fold_data(p, read_index(), timm_model.create("resnet10t", 3, False), 0, None)
+    loader = train.train_loaders(p, train.teacher_spec(p), d, 0)(0, 1)
+    return [x for x, _ in loader]
+
+
+def test_workers_draw_different_augmentations_and_leave_the_weights_alone(workdir):
+    """Every training image the same: batches differ only by their augmentation draws."""
+    cache = np.load("data/prepared/train_images.npy")
+    np.save("data/prepared/train_images.npy", np.repeat(cache[:1], len(cache), axis=0))
+    p = parse_params(tiny_params({"augment": {"rotate": 30.0, "cutout": 0.3}}))
+    two, none = batches(p, 2), batches(p, 0)
+    assert len(two) == 3  # 24 rows at batch 8: workers 0 and 1 take batches 0 and 1
+    assert not torch.equal(two[0], two[1])  # the workers do not repeat each other's draws
+    assert all(torch.equal(a, b) for a, b in zip(two, none, strict=True))  # nor change them
+    weights = []
+    for workers in (2, 2, 0):
+        q = parse_params(tiny_params({"train": {"num_workers": workers}}))
+        train.run(q, "resnet10t", 0)
+        weights.append(load_file("models/resnet10t/fold0/model.safetensors"))
+    for other in weights[1:]:
+        assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])

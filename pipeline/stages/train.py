@@ -43,6 +43,7 @@ from torch import nn
 
 from pipeline import metrics, model, schedules
 from pipeline.data import (
+    Seeded,
     Weighted,
     balanced_sampler,
     build_transforms,
@@ -309,7 +310,7 @@ def mixed_loader(p: Params, spec: Spec, d: FoldData, labeled, tf, epoch: int, se
     else:
         order = np.random.default_rng(seed).permutation(len(labeled))
     batches = mixed_batches(order, len(pseudo), d.batch, ps.ratio, seed + 1)
-    return Loader(ds, batch_sampler=batches, num_workers=tc.num_workers)
+    return Loader(Seeded(ds, tf, seed), batch_sampler=batches, num_workers=tc.num_workers)
 
 
 def train_loaders(p: Params, spec: Spec, d: FoldData, fold: int) -> Callable[[int, int], Loader]:
@@ -327,7 +328,7 @@ def train_loaders(p: Params, spec: Spec, d: FoldData, fold: int) -> Callable[[in
             return mixed_loader(p, spec, d, ds, tf, epoch, seed)
         sampler = balanced_sampler(d.targets, seed) if tc.sampler == "balanced" else None
         return Loader(
-            ds,
+            Seeded(ds, tf, seed),
             batch_size=d.batch,
             shuffle=sampler is None,
             sampler=sampler,
