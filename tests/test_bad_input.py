@@ -5,10 +5,13 @@ partial output. Each case runs the real command (`python -m pipeline STAGE`) in-
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
+import sys
 import zipfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -26,6 +29,9 @@ from pipeline import __main__ as cli
 from pipeline.index import read_index
 from tests.conftest import ROOT, TINY_PARAMS, merge, write_csv_competition
 
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_kaggle import FakeCreds, FakeKaggle  # noqa: E402
+
 TRAIN = ("train", "--model", "resnet10t", "--fold", "0")
 
 
@@ -38,6 +44,7 @@ class Case:
     check: Callable[[Path], None] | None = None  # for accepted cases
     before: tuple[str, ...] = ()  # stages that run (and succeed) first
     output: str = "data/prepared"  # what must not exist after an error
+    kaggle: bool = False  # the real Kaggle CLI against the loopback fake, no credentials set
 
 
 def first_train_image(raw: Path) -> Path:
@@ -248,7 +255,16 @@ def downloaded_and_prepared(root: Path) -> None:
 
 
 MISTYPED = {"train": {"backbones": ["resnet10"]}, "pseudo": {"enabled": False}}
+
+
+def from_kaggle(raw: Path) -> dict:
+    shutil.rmtree(raw)
+    return {"competition": {"source": "kaggle", "name": "fake-comp"}}
+
+
 TAIL = [
+    Case("missing Kaggle credentials", from_kaggle, r"KAGGLE_USERNAME.*KAGGLE_API_TOKEN",
+         argv=("download",), output="data/raw", kaggle=True),
     Case("zip with a wrapper folder and __MACOSX", wrapped_zip, None, argv=("prepare",),
          before=("download",), check=downloaded_and_prepared),
     Case("an image not in the label CSV", extra_image, None, check=unlisted_ignored),
@@ -287,15 +303,30 @@ def write_params(root: Path, over: dict | None) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 
+def offline_kaggle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack: ExitStack) -> None:
+    """No credentials anywhere; the CLI's HTTP goes to a fake Kaggle on 127.0.0.1 only."""
+    for key in list(os.environ):
+        if key.startswith("KAGGLE_") or key.lower().endswith("_proxy"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
+    server = stack.enter_context(FakeKaggle(FakeCreds(username="u", key="k", api_token="t")))
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input(case: Case, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     raw = write_csv_competition(tmp_path / "data" / "raw")
     write_params(tmp_path, case.break_it(raw))
-    for stage in case.before:
-        assert cli.main([stage]) == 0, capsys.readouterr().err
-    capsys.readouterr()
-    code = cli.main(list(case.argv))
+    with ExitStack() as stack:
+        if case.kaggle:
+            offline_kaggle(tmp_path, monkeypatch, stack)
+        for stage in case.before:
+            assert cli.main([stage]) == 0, capsys.readouterr().err
+        capsys.readouterr()
+        code = cli.main(list(case.argv))
     err = capsys.readouterr().err
     if case.error is None:
         assert code == 0, err
