@@ -80,6 +80,11 @@ def image_as(mode: str, n: int = 5) -> Callable[[Path], None]:
             if mode == "I;16":
                 a = np.asarray(rgb.convert("L")).astype(np.uint16) * 257
                 Image.fromarray(a).save(path)
+            elif mode in ("I", "F"):  # 32-bit TIFFs: integers of 16-bit range, floats in [0, 1]
+                a = np.asarray(rgb.convert("L")).astype(np.float64)
+                a = (a * 257).astype(np.int32) if mode == "I" else (a / 255).astype(np.float32)
+                Image.fromarray(a).save(path.with_suffix(".tif"))
+                path.unlink()
             elif mode == "CMYK":
                 rgb.convert("CMYK").save(path.with_suffix(".jpg"), quality=95)
                 path.unlink()
@@ -170,6 +175,8 @@ CASES = [
     Case("1-bit images", image_as("1"), None, check=decoded),
     Case("16-bit grayscale images", image_as("I;16"), None, check=decoded),
     Case("CMYK JPEG images", image_as("CMYK"), None, check=decoded),
+    Case("32-bit integer TIFF images", image_as("I"), None, check=decoded),
+    Case("32-bit float TIFF images", image_as("F"), None, check=decoded),
     Case("a huge image", huge, None, check=decoded),
     Case("unknown param", lambda raw: {"train": {"epochz": 3}}, r"unknown key 'train\.epochz'"),
     Case("mistyped param", lambda raw: {"train": {"epochs": "ten"}}, r"key 'train\.epochs'"),
