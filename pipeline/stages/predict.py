@@ -151,7 +151,9 @@ def tta_predictions(net, index: Index, fold: int, tta: Tta, info: dict, metric: 
     targets = encode_labels(labels, index.classes, info["task"])
     task = info["task"]
     beta = tta.beta
-    if beta == "auto":
+    if len(outs["oof"]) == 1:  # no view and no random draw: the plain prediction alone
+        beta = 1.0
+    elif beta == "auto":
         beta = choose_beta(outs["oof"], targets, metric, tta.combine, task)
     oof = outs["oof"]
     report = {
