@@ -41,7 +41,7 @@ from dvclive import Live
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline import metrics, model, schedules
+from pipeline import curves, metrics, model, schedules
 from pipeline.data import (
     Seeded,
     Weighted,
@@ -475,20 +475,25 @@ class Recorder:
             model.save_weights(m, self.ckpt / "snapshots" / f"cycle{cycle}.safetensors")
 
 
-def save_outputs(net, hist, rec: Recorder, out: Path, info: dict) -> None:
-    """The kept epoch's weights, model.json and snapshots, replacing `out` whole."""
+def save_outputs(net, hist, rec: Recorder, out: Path, info: dict, about: str) -> None:
+    """The kept epoch's weights, model.json, summary.txt and snapshots, replacing `out` whole."""
     best = hist.rows[hist.best_epoch - 1]
+    reading = curves.verdict([r["valid_loss"] for r in hist.rows])
     rec.acc.print(
         f"{rec.title}: best epoch {hist.best_epoch} [{best['phase']}] "
-        f"(valid_{rec.metric} {best['valid_metric']:.4f}) is the one kept"
+        f"(valid_{rec.metric} {best['valid_metric']:.4f}) is the one kept; learning curve: "
+        f"{reading}"
     )
     net.load_state_dict(load_file(str(rec.ckpt / "best.safetensors")))
     info = {**info, "best_epoch": hist.best_epoch, "best_valid_metric": best["valid_metric"]}
+    info["learning_curve"] = reading
     with atomic_dir(out) as tmp:  # weights, model.json and snapshots appear together
         model.save(net, tmp, {**info, "phase_lrs": hist.lrs})
+        (tmp / "summary.txt").write_text(about + "\n")
         if (rec.ckpt / "snapshots").exists():
             shutil.copytree(rec.ckpt / "snapshots", tmp / "snapshots")
     rec.keep(best, hist.best_epoch)
+    rec.live.summary["learning_curve"] = reading
     rec.live.end()
     shutil.rmtree(rec.ckpt)  # finished: the next run with these params starts afresh
 
@@ -559,7 +564,7 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     if spec.head_epochs:
         phases.insert(0, head_phase(p, spec, net, groups, loaders, valid, d, fold, acc))
     title = f"{'student ' if student else ''}{name} fold {fold}"
-    describe(title, spec, d, groups, phases, acc)
+    about = describe(title, spec, d, groups, phases, acc)
     check_steps(spec, d, acc)
     data = (index.root / "train.csv", index.root / "meta.json", FOLDS, *spec.files)
     key = fingerprint(p, name, fold, *data, student=student)
@@ -584,20 +589,27 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     check_replicas(net, acc)
     if acc.is_main_process:
         out = spec.role.models / name / f"fold{fold}"
-        save_outputs(net, hist, rec, out, model_info(p, name, fold, spec, d))
+        save_outputs(net, hist, rec, out, model_info(p, name, fold, spec, d), about)
     acc.wait_for_everyone()
 
 
-def describe(title: str, spec: Spec, d: FoldData, groups, phases, acc) -> None:
-    """What trains in which phase; for a student, how its batches are mixed."""
+def describe(title: str, spec: Spec, d: FoldData, groups, phases, acc) -> str:
+    """What trains in which phase (printed, and returned for the model's summary.txt); for a
+    student, how its batches are mixed."""
     trainable = {ph.name: {g["name"] for g in ph.groups} for ph in phases}
+    counts = {ph.name: sum(q.numel() for g in ph.groups for q in g["params"]) for ph in phases}
     extra = "" if spec.pseudo is None else f" + {len(spec.pseudo)} pseudolabeled test images"
-    acc.print(
+    text = (
         f"{title}: {len(d.train_rows)} train / {len(d.valid_rows)} valid rows{extra}, "
-        f"{len(groups)} layer groups\n{model.summary(groups, trainable)}"
-    )
+        f"{len(groups)} layer groups\n{model.summary(groups, trainable)}\n"
+        "  trainable: " + ", ".join(f"{n:,} in {ph}" for ph, n in counts.items()) + "\n"
+        f"  input: {d.size} px" + (f" (progressive: {d.sizes})" if len(d.sizes) > 1 else "")
+        + f", batch {d.batch}"
+    )  # fmt: skip
+    acc.print(text)
     if spec.pseudo is not None:
         mix_note(spec, d.batch, acc)
+    return text
 
 
 def mix_note(spec: Spec, batch: int, acc: Accelerator) -> None:
