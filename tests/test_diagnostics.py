@@ -17,7 +17,7 @@ from tests.conftest import tiny_params
     [
         ([1.0, 0.7, 0.5, 0.4, 0.33, 0.28, 0.24, 0.21], curves.UNDER),  # still falling fast
         ([1.0, 0.6, 0.4, 0.35, 0.42, 0.5, 0.58, 0.66], curves.OVER),  # rises steadily after 0.35
-        ([1.0, 0.5, 0.3, 0.45, 0.32, 0.5, 0.36, 0.55], curves.OSCILLATING),  # up and down, ends high
+        ([1.0, 0.5, 0.3, 0.45, 0.32, 0.5, 0.36, 0.55], curves.OSCILLATING),  # up, down, ends high
         ([1.0, 0.5, 0.3, 0.25, 0.23, 0.225, 0.224, 0.226], curves.GOOD),  # flattened at its best
     ],
     ids=["under-fitting", "over-fitting", "oscillating", "good fit"],
