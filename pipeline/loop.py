@@ -28,6 +28,7 @@ from torch import nn
 from pipeline import schedules
 from pipeline.files import PipelineError, atomic_path
 from pipeline.params import LrFind
+from pipeline.progress import progress
 
 Loader = torch.utils.data.DataLoader
 
@@ -319,7 +320,9 @@ def fit(
                 raise RuntimeError(f"epoch {epoch + 1}: {len(loader)} steps, not {spe}")
             _train_mode(phase, net)
             seen, loss_sum, started, step_lrs = 0, 0.0, time.perf_counter(), []
-            for i, batch in enumerate(loader):
+            desc = f"{phase.name} epoch {epoch + 1}/{total}"
+            batches = progress(loader, len(loader), desc, "batch", acc.is_main_process)
+            for i, batch in enumerate(batches):
                 step = (epoch - first) * spe + i
                 _set_lrs(opt, phase, peaks, step, phase.epochs * spe, spe, cfg)
                 step_lrs.append(opt.param_groups[-1]["lr"])

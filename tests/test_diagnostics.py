@@ -43,3 +43,16 @@ def test_training_writes_the_verdict_and_a_model_summary(workdir):
     assert "body0" in text and "head" in text and "trains in: head, full" in text
     assert "trainable: " in text and " in head, " in text and " in full" in text
     assert "input: 16 px, batch 8" in text
+
+
+def test_progress_is_periodic_lines_off_a_terminal_and_silent_off_the_main_process(
+    monkeypatch, capsys
+):
+    from pipeline import progress as prog
+
+    monkeypatch.setattr(prog, "PERIOD", 0.0)  # a line after every item
+    assert list(prog.progress(range(3), 3, "decoding", "image")) == [0, 1, 2]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and err[-1].startswith("decoding: 3/3 image (")
+    assert list(prog.progress(range(3), 3, "x", main=False)) == [0, 1, 2]
+    assert capsys.readouterr().err == ""

@@ -37,6 +37,7 @@ from pipeline.files import atomic_dir, write_csv, write_json
 from pipeline.index import Index, encode_labels, fold_rows, read_folds, read_index
 from pipeline.loop import probabilities
 from pipeline.params import Augment, Params, Tta, load_params
+from pipeline.progress import progress
 from pipeline.roles import STUDENT, TEACHER, Role, skipped, write_skips
 
 BETAS = np.round(np.linspace(0, 1, 11), 2)
@@ -96,7 +97,7 @@ def predict_views(
     device = device or torch.device("cpu")
     out: dict[str, list[torch.Tensor]] = {v: [] for v in ["plain", *views]}
     with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
-        for x, _ in loader:
+        for x, _ in progress(loader, len(loader), f"predict ({len(views)} views)", "batch"):
             x = x.to(device)
             out["plain"].append(probabilities(net(x).float(), task).cpu())
             for v in views:

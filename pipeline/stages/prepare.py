@@ -32,6 +32,7 @@ from pipeline import layouts, metrics
 from pipeline.files import PipelineError, atomic_dir, write_csv, write_json
 from pipeline.index import PREPARED, label_counts, load_image, resize, tag_set
 from pipeline.params import Competition, Prepare, load_params
+from pipeline.progress import progress
 
 RAW = Path("data/raw")
 POSITIVE_NAMES = ("1", "true", "yes", "positive", "pos")  # read as "the positive class"
@@ -151,7 +152,7 @@ def decode_all(paths: list[str], size: int | None) -> tuple[np.ndarray | None, l
     """Open every image once; return the resized stack (if size), the unreadable files and the
     sha256 of every file's bytes in order (training's resume key)."""
     bad, stack, h = [], [], hashlib.sha256()
-    for p in paths:
+    for p in progress(paths, len(paths), "prepare: decoding images", "image"):
         data = Path(p).read_bytes()
         h.update(len(data).to_bytes(8, "little") + data)
         if not data:
