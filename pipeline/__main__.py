@@ -25,6 +25,8 @@ STAGES = (
     "predict",
     "ensemble",
     "pseudolabel",
+    "diagnose",
+    "report",
     "submit",
     "upload",
 )

@@ -10,6 +10,9 @@ hand-made curves. With v the validation loss per epoch and best the epoch of its
 - still improving (under-fitting): v fell by more than 5% over the last quarter of the epochs
   and the best epoch is one of the last two: more epochs (or a higher LR) would help;
 - good fit: otherwise (v ends within 10% of its minimum and has flattened out).
+
+A rise or fall also has to exceed 2% of the ground the curve covered (first value minus minimum):
+a valid loss that went from 2.3 to 0.010 and ends at 0.012 is at noise level, not over-fitting.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ UNDER, OVER, OSCILLATING, GOOD = (
     "over-fitting with oscillations",
     "good fit",
 )
-RISE, DROP = 0.10, 0.05
+RISE, DROP, FLOOR = 0.10, 0.05, 0.02
 
 
 def turns(values: list[float]) -> int:
@@ -35,10 +38,11 @@ def verdict(valid_loss: list[float]) -> str:
     if len(v) < 3:
         return UNDER  # too short to have levelled off
     best = min(range(len(v)), key=v.__getitem__)
-    if v[-1] > v[best] * (1 + RISE):
+    noise = FLOOR * (v[0] - v[best])
+    if v[-1] - v[best] > max(v[best] * RISE, noise):
         return OSCILLATING if turns(v[best:]) >= 2 else OVER
     quarter = max(1, len(v) // 4)
-    fell = (v[-1 - quarter] - v[-1]) / max(v[-1 - quarter], 1e-12)
-    if fell > DROP and best >= len(v) - 2:
+    fell = v[-1 - quarter] - v[-1]
+    if fell > max(v[-1 - quarter] * DROP, noise) and best >= len(v) - 2:
         return UNDER
     return GOOD

@@ -189,6 +189,16 @@ class Upload(Section):
     poll_interval_s: Annotated[float, Field(ge=0)]
 
 
+class Diagnose(Section):
+    enabled: bool  # false: the stage writes a note and no images
+    model: str | None  # None: the first backbone of what is submitted (students, or teachers)
+    fold: Count  # whose validation rows are shown (one of base.folds)
+    per_class: Size  # Grad-CAM images per class
+    max_classes: Size  # the most frequent classes shown when there are more
+    top_losses: Count  # images in the top-losses grid
+    size: Annotated[int, Field(ge=32, le=512)]  # px, the side of each image shown
+
+
 class Params(Section):
     base: Base
     competition: Competition
@@ -202,6 +212,7 @@ class Params(Section):
     ensemble: Ensemble
     pseudo: Pseudo
     upload: Upload
+    diagnose: Diagnose
 
     @model_validator(mode="after")
     def _across_sections(self) -> Params:
@@ -218,6 +229,8 @@ class Params(Section):
                 f"pseudo.backbones {new} are not in train.backbones; use pseudo.init: scratch "
                 "for a new backbone"
             )
+        if self.diagnose.fold not in self.base.folds:
+            raise ValueError(f"diagnose.fold {self.diagnose.fold} is not in base.folds")
         head = self.head.epochs if ps.init == "scratch" else 0  # a refined teacher has its head
         if ps.enabled and head + ps.epochs < 1:
             raise ValueError(f"pseudo.epochs must be at least 1 with pseudo.init: {ps.init}")

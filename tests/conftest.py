@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 
@@ -77,6 +78,19 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+DVC = str(Path(sys.executable).parent / "dvc")
+
+
+def init_dvc(run) -> None:
+    """A DVC repo (no git) in `run`'s folder, with the project's plot templates and page."""
+    run(["dvc", "init", "--no-scm", "-q"])
+    run(["dvc", "config", "core.analytics", "false"])
+    shutil.copytree(ROOT / ".dvc" / "plots", Path(run(["pwd"]).stdout.strip()) / ".dvc" / "plots")
+    page = configparser.ConfigParser()
+    page.read(ROOT / ".dvc" / "config")
+    run(["dvc", "config", "plots.html_template", page["plots"]["html_template"]])
+
+
 class Project:
     """A copy of the project (code, dvc.yaml, params.yaml) in a temp folder, its own DVC repo."""
 
@@ -87,8 +101,7 @@ class Project:
         )
         for name in ("dvc.yaml", "params.yaml"):
             shutil.copy(ROOT / name, path / name)
-        self.run(["dvc", "init", "--no-scm", "-q"])
-        self.run(["dvc", "config", "core.analytics", "false"])
+        init_dvc(self.run)
 
     @property
     def env(self) -> dict:
@@ -108,7 +121,7 @@ class Project:
 
     def run(self, cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
         if cmd[0] == "dvc":
-            cmd = [str(Path(sys.executable).parent / "dvc"), *cmd[1:]]
+            cmd = [DVC, *cmd[1:]]
         elif cmd[0] == "pipeline":
             cmd = [sys.executable, "-m", "pipeline", *cmd[1:]]
         res = subprocess.run(cmd, cwd=self.path, env=self.env, capture_output=True, text=True)

@@ -5,6 +5,8 @@ import json
 import pandas as pd
 import pytest
 
+from tests.test_plots import check_plots_page
+
 pytestmark = pytest.mark.slow
 
 
@@ -27,8 +29,11 @@ ROUND = {
 }
 
 
-RECIPE = {  # two backbones, SGDR with a snapshot per cycle (epochs 1 and 3), fitted weights
-    "train": {"backbones": ["resnet10t", "test_resnet"], "schedule": "sgdr", "epochs": 3},
+RECIPE = {  # two backbones, SGDR with a snapshot per cycle (epochs 1 and 3), fitted weights,
+    # the peak LR from an LR range test
+    "train": {"backbones": ["resnet10t", "test_resnet"], "schedule": "sgdr", "epochs": 3,
+              "lr": "auto"},  # fmt: skip
+    "lr_find": {"steps": 20},
     "ensemble": {"weights": "fit", "snapshots": True},
     "tta": {"views": ["hflip", "shift"], "beta": "auto"},
 }
@@ -39,7 +44,7 @@ def test_dvc_repro_end_to_end(project, tiny_comp):
     first = project.run(["dvc", "repro"])
     assert ran(first)[:3] == ["download", "prepare", "folds"]
     order = ran(first)
-    assert TEACHERS | ROUND | {"upload"} <= set(order)
+    assert TEACHERS | ROUND | {"upload", "diagnose", "report"} <= set(order)
     # teacher -> pseudolabel -> student -> final ensemble -> submit
     steps = ["ensemble", "pseudolabel", "train_student@resnet10t-0", "ensemble_final", "submit"]
     assert [order.index(s) for s in steps] == sorted(order.index(s) for s in steps)
@@ -58,10 +63,10 @@ def test_dvc_repro_end_to_end(project, tiny_comp):
     assert set(sub["label"]) <= {"cat", "dog", "fox"}
     assert (project.path / "models/resnet10t/fold1/model.safetensors").exists()
     assert "accuracy" in project.run(["dvc", "metrics", "show"]).stdout
-    plots = project.run(["dvc", "plots", "show", "--json"]).stdout
-    assert "metrics/confusion.csv" in plots and "plots/metrics/valid_loss.tsv" in plots
-    assert "plots/metrics/augment_strength.tsv" in plots
+    check_plots_page(project.path, project.run)
     check_blend_report(project)
+    project.set_params({"diagnose": {"enabled": False}})  # the reruns below: no heatmaps
+    assert ran(project.run(["dvc", "repro"])) == ["diagnose"]
 
     # nothing changed: nothing runs
     assert ran(project.run(["dvc", "repro"])) == []

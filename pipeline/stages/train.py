@@ -424,6 +424,7 @@ class Recorder:
     ):  # fmt: skip
         self.title, self.metric, self.acc, self.schedule = title, metric, acc, schedule
         self.live_path, self.ckpt = live_path, ckpt
+        self.steps: list[str] = []  # plots/schedule.tsv: the LR of every optimizer step
         self.live = (
             Live(dir=str(live_path), dvcyaml=None, save_dvc_exp=False, report=None)
             if acc.is_main_process
@@ -447,6 +448,17 @@ class Recorder:
             for k, v in sched.items():
                 self.live.log_metric(k, v)
             self.live.next_step()
+            self.log_steps(row, sched["augment_strength"])
+
+    def log_steps(self, row: dict, strength: float) -> None:
+        """The head group's LR at every step (the schedule itself, not only its peak)."""
+        first = len(self.steps)
+        self.steps += [
+            f"{first + i}\t{row['epoch']}\t{row['phase']}\t{lr:.6g}\t{strength:.4g}\n"
+            for i, lr in enumerate(row["step_lrs"])
+        ]
+        head = "step\tepoch\tphase\tlr\taugment_strength\n"
+        (self.live_path / "plots" / "schedule.tsv").write_text(head + "".join(self.steps))
 
     def keep(self, best: dict, epoch: int) -> None:
         """metrics.json describes the kept epoch, not the last one logged."""

@@ -1,0 +1,214 @@
+"""report: the data of the plots page, and a page template that renders with no network.
+
+    python -m pipeline report
+    dvc plots show             # then open dvc_plots/index.html (works offline)
+
+Reads every teacher's and student's dvclive folder, metrics/final.json and
+metrics/final_confusion.csv; writes reports/ (JSON lists, one object per point, as dvc.yaml's
+top-level `plots:` read them with the templates in .dvc/plots/):
+
+- curves.json: per run (teacher or student, model, fold) and epoch: train and valid loss, the
+  valid metric, the peak LR, augmentation strength and image size, with the run's learning-curve
+  verdict and kept epoch
+- schedule.json: the head group's LR at every optimizer step, and the augmentation strength
+- lr_find.json: every LR range test (loss against LR) with the LR it chose
+- confusion.json: the OOF confusion matrix of what is submitted, counts and the share of each
+  actual class (every cell, zeros included)
+- per_class.json: per class precision and recall of that matrix
+- teacher_student.json: each fold's kept-epoch metric for teachers and students, and the CV
+- page.html: DVC's HTML template with Vega, Vega-Lite and Vega-Embed inlined
+  (.dvc/config `plots.html_template`), so that the page needs no CDN
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.files import PipelineError, atomic_dir, read_json, write_text
+from pipeline.params import load_params
+from pipeline.roles import STUDENT, TEACHER, Role
+
+OUT = Path("reports")
+PAGE = """<!DOCTYPE html>
+<html>
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<script>{bundle}</script>
+<script>
+// every chart's menu keeps "save as SVG/PNG" and drops the links to the online Vega editor
+const embedOffline = window.vegaEmbed;
+window.vegaEmbed = (el, spec, opt) => embedOffline(el, spec, Object.assign(
+  {{actions: {{export: true, source: false, compiled: false, editor: false}}}}, opt));
+</script>
+<style>
+body {{ font-family: sans-serif; margin: 16px; }}
+.vega-embed {{ display: block !important; width: fit-content; margin: 8px 0 28px; }}
+p.note {{ color: #555; margin: 2px 0; }}
+</style>
+</head>
+<body>
+<h2>{title}</h2>
+{notes}
+{{plot_divs}}
+</body>
+</html>
+"""
+
+
+def live_runs(roles: tuple[Role, ...] = (TEACHER, STUDENT)) -> list[tuple[str, str, int, Path]]:
+    """(role, model, fold, dvclive folder) of every run that trained (skipped students left out)."""
+    runs = []
+    for role in roles:
+        for summary in sorted(role.live.glob("*/fold*/metrics.json")):
+            if "skipped" in read_json(summary):
+                continue
+            folder = summary.parent
+            runs.append((role.name, folder.parent.name, int(folder.name[4:]), folder))
+    return runs
+
+
+def read_tsv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t") if path.exists() else pd.DataFrame()
+
+
+def run_curves(role: str, model: str, fold: int, folder: Path) -> pd.DataFrame:
+    """One run's per-epoch rows (dvclive's step is the 0-based epoch)."""
+    summary = read_json(folder / "metrics.json")
+    metric = next(k for k in summary if k.startswith("valid_") and k != "valid_loss")
+    frame = None
+    names = ("train_loss", "valid_loss", metric, "peak_lr", "augment_strength", "image_size")
+    for name in names:
+        col = read_tsv(folder / "plots" / "metrics" / f"{name}.tsv")
+        if col.empty:
+            continue
+        col = col[["step", name]]
+        frame = col if frame is None else frame.merge(col, on="step", how="outer")
+    if frame is None:
+        raise PipelineError(f"{folder}/plots/metrics: no per-epoch curves; rerun its train stage")
+    frame = frame.rename(columns={metric: "valid_metric"})
+    frame.insert(0, "epoch", frame.pop("step") + 1)
+    verdict = summary.get("learning_curve", "")
+    return frame.assign(
+        role=role, model=model, fold=fold, run=f"{role} {model}", metric=metric[6:],
+        verdict=verdict, best_epoch=summary.get("best_epoch"),
+    )  # fmt: skip
+
+
+def run_tables(runs) -> dict[str, pd.DataFrame]:
+    curves, steps, tests = [], [], []
+    for role, model, fold, folder in runs:
+        label = {"role": role, "model": model, "fold": fold, "run": f"{role} {model}"}
+        curves.append(run_curves(role, model, fold, folder))
+        sched = read_tsv(folder / "plots" / "schedule.tsv")
+        if not sched.empty:
+            steps.append(sched.assign(**label))
+        chosen = read_json(folder / "metrics.json").get("lr_find", {})
+        for phase, value in chosen.items():
+            test = read_tsv(folder / "plots" / "lr_find" / f"{phase}.tsv")
+            tests.append(test.assign(**label, phase=phase, chosen=value))
+    return {
+        "curves": pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
+        "schedule": pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(),
+        "lr_find": pd.concat(tests, ignore_index=True) if tests else pd.DataFrame(),
+    }
+
+
+def confusion(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Every (actual, predicted) cell with its count and its share of the actual class's rows."""
+    actual = sorted(set(pairs["actual"]))
+    predicted = sorted(set(pairs["predicted"]) | set(actual) - {"(none)"})
+    counts = pd.crosstab(pairs["actual"], pairs["predicted"]).reindex(
+        index=actual, columns=predicted, fill_value=0
+    )
+    cells = counts.stack().rename("count").reset_index()
+    cells.columns = ["actual", "predicted", "count"]
+    totals = cells.groupby("actual")["count"].transform("sum")
+    cells["share"] = (cells["count"] / totals.where(totals > 0, 1)).round(4)
+    return cells
+
+
+def per_class(pairs: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Precision and recall per class from (actual, predicted) pairs. Single-label pairs are one
+    per image; multi-label ones are (c, c) hits, (c, "(missed)") and ("(none)", c): the same two
+    ratios hold for both."""
+    rows = []
+    for c in classes:
+        hit = int(((pairs["actual"] == c) & (pairs["predicted"] == c)).sum())
+        said, true = int((pairs["predicted"] == c).sum()), int((pairs["actual"] == c).sum())
+        for measure, denom in (("precision", said), ("recall", true)):
+            value = round(hit / denom, 4) if denom else None
+            rows.append({"class": c, "measure": measure, "value": value, "support": true})
+    return pd.DataFrame(rows)
+
+
+def teacher_student(curves: pd.DataFrame, final: dict) -> pd.DataFrame:
+    """Each fold's kept-epoch valid metric per run, and the CV of the teachers' and students'
+    blends (metrics/final.json)."""
+    rows = []
+    for (run, fold), g in curves.groupby(["run", "fold"]):
+        kept = g.loc[g["epoch"] == g["best_epoch"], "valid_metric"]
+        rows.append({"fold": f"fold {fold}", "run": run, "score": float(kept.iloc[0])})
+    for key, run in (("teacher_cv", "teachers' blend"), ("student_cv", "students' blend")):
+        if key in final:
+            rows.append({"fold": "CV (blend, TTA)", "run": run, "score": final[key]})
+    return pd.DataFrame(rows)
+
+
+def notes(final: dict, tables: dict[str, pd.DataFrame]) -> list[str]:
+    """The page's header lines: the CV of what is submitted, and why a chart is missing."""
+    lines = [f"CV {final['metric']} {final['cv']:.4f}, submitted: {final['submitted']}"]
+    if "student_cv" in final:
+        lines.append(
+            f"teachers {final['teacher_cv']:.4f}, students {final['student_cv']:.4f} "
+            f"({final['student_minus_teacher']:+.4f})"
+        )
+    if tables["lr_find"].empty:
+        lines.append(
+            "No LR range test chart: no run had an LR of `auto` (head.lr, train.lr, pseudo.lr)."
+        )
+    return lines
+
+
+def page(title: str, lines: list[str]) -> str:
+    import html
+
+    import vl_convert  # Vega, Vega-Lite and Vega-Embed as one script, bundled in the wheel
+
+    bundle = vl_convert.javascript_bundle().replace("</script", "<\\/script")
+    body = "\n".join(f'<p class="note">{html.escape(line)}</p>' for line in lines)
+    return PAGE.format(title=html.escape(title), bundle=bundle, notes=body)
+
+
+def records(frame: pd.DataFrame) -> str:
+    return frame.to_json(orient="records", double_precision=6)
+
+
+def run(out: Path = OUT) -> dict[str, int]:
+    p = load_params()
+    final_json, pairs_csv = Path("metrics/final.json"), Path("metrics/final_confusion.csv")
+    for needed in (final_json, pairs_csv):
+        if not needed.exists():
+            raise PipelineError(f"{needed}: missing; run `dvc repro ensemble_final` first")
+    tables = run_tables(live_runs())
+    pairs = pd.read_csv(pairs_csv, dtype=str, keep_default_na=False)
+    classes = json.loads(Path("data/prepared/meta.json").read_text())["classes"]
+    tables["confusion"] = confusion(pairs)
+    tables["per_class"] = per_class(pairs, classes)
+    final = read_json(final_json)
+    tables["teacher_student"] = teacher_student(tables["curves"], final)
+    with atomic_dir(out) as tmp:
+        for name, frame in tables.items():
+            write_text(tmp / f"{name}.json", records(frame))
+        title = f"{p.competition.name}: pipeline plots"
+        write_text(tmp / "page.html", page(title, notes(final, tables)))
+    counts = {name: len(frame) for name, frame in tables.items()}
+    print("report: " + ", ".join(f"{n} {c} rows" for n, c in counts.items()) + f" in {out}/")
+    return counts
+
+
+def main(argv: list[str]) -> None:
+    run()
