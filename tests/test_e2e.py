@@ -31,8 +31,12 @@ ROUND = {
 
 RECIPE = {  # two backbones, SGDR with a snapshot per cycle (epochs 1 and 3), fitted weights,
     # the peak LR from an LR range test
-    "train": {"backbones": ["resnet10t", "test_resnet"], "schedule": "sgdr", "epochs": 3,
-              "lr": "auto"},  # fmt: skip
+    "train": {
+        "backbones": ["resnet10t", "test_resnet"],
+        "schedule": "sgdr",
+        "epochs": 3,
+        "lr": "auto",
+    },
     "lr_find": {"steps": 20},
     "ensemble": {"weights": "fit", "snapshots": True},
     "tta": {"views": ["hflip", "shift"], "beta": "auto"},

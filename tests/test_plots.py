@@ -37,8 +37,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def page_specs(html: str) -> dict[str, dict]:
     """{div id: the Vega-Lite spec DVC embedded} of a `dvc plots show` page."""
-    found = re.findall(r'<div id = "([^"]+)">\s*<script[^>]*>\s*var spec = (.*?);\s*vegaEmbed', html,
-                       flags=re.S)  # fmt: skip
+    div = r'<div id = "([^"]+)">\s*<script[^>]*>\s*var spec = (.*?);\s*vegaEmbed'
+    found = re.findall(div, html, flags=re.S)
     return {div: json.loads(spec) for div, spec in found}
 
 
