@@ -21,8 +21,9 @@ command, missing credentials, rules not accepted (403), unknown competition (404
 
 Credentials: the CLI inherits `os.environ` (KAGGLE_USERNAME/KAGGLE_KEY, KAGGLE_API_TOKEN,
 ~/.kaggle/kaggle.json are read by the CLI itself, never by this module's callers). CLI output is
-captured, never streamed; a snippet of it is relayed in an error only when it contains none of
-the credential values known to this process.
+captured; a snippet of it is relayed in an error only when it contains none of the credential
+values known to this process. The download's output (the CLI's own progress bar) is also
+streamed to stderr as it comes, with those values masked.
 
 Try it by hand (needs credentials and accepted rules):
     python -c "from pathlib import Path; from pipeline.kaggle import download_competition as d; \
@@ -83,18 +84,25 @@ def kaggle_executable() -> str:
     return found
 
 
-def _run_cli(args: list[str], competition: str, timeout_s: float | None = None) -> str:
-    """Run `kaggle ARGS`; return its stdout, or raise PipelineError explaining the failure."""
+def _run_cli(
+    args: list[str], competition: str, timeout_s: float | None = None, stream: bool = False
+) -> str:
+    """Run `kaggle ARGS`; return its output, or raise PipelineError explaining the failure.
+    With `stream`, the CLI's download progress is also relayed to stderr as it comes."""
     cmd = [kaggle_executable(), *args]
     try:
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout_s,
-            stdin=subprocess.DEVNULL,  # never wait on an interactive prompt
-        )
+        if stream:
+            code, out = _streamed(cmd)
+        else:
+            proc = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout_s,
+                stdin=subprocess.DEVNULL,  # never wait on an interactive prompt
+            )
+            code, out = proc.returncode, proc.stdout + "\n" + proc.stderr
     except FileNotFoundError as e:
         raise PipelineError(NO_KAGGLE) from e
     except subprocess.TimeoutExpired as e:
@@ -102,9 +110,39 @@ def _run_cli(args: list[str], competition: str, timeout_s: float | None = None) 
             f"`kaggle {args[0]} {args[1]}` gave no answer within {timeout_s:.0f} s: "
             "check your network and try again"
         ) from e
-    if proc.returncode != 0:
-        raise PipelineError(_explain_failure(proc.stdout + "\n" + proc.stderr, competition, args))
-    return proc.stdout
+    if code != 0:
+        raise PipelineError(_explain_failure(out, competition, args))
+    return out if stream else proc.stdout
+
+
+PROGRESS = re.compile(r"^Downloading |\d+%\|")  # the CLI's "Downloading X to Y" and tqdm bar
+
+
+def _streamed(cmd: list[str]) -> tuple[int, str]:
+    """(exit code, output) of cmd; the pieces that are its progress (a bar redraws with carriage
+    returns) are relayed to stderr as they come, masked of credential values. Anything else (a
+    failure's text or traceback) is only returned, unmasked, for `_explain_failure` (which
+    withholds output holding a credential)."""
+    secrets, seen = _secret_values(), []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL) as proc:  # fmt: skip
+        pending = b""
+        while chunk := proc.stdout.read1(4096):
+            pending += chunk
+            *done, pending = re.split(rb"(?<=[\r\n])", pending)
+            for piece in done:
+                seen.append(piece.decode("utf-8", "replace"))
+                if PROGRESS.search(seen[-1]):
+                    sys.stderr.write(_masked(seen[-1], secrets))
+                    sys.stderr.flush()
+        seen.append(pending.decode("utf-8", "replace"))
+    return proc.returncode, "".join(seen)
+
+
+def _masked(text: str, secrets: set[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def _explain_failure(output: str, competition: str, args: list[str]) -> str:
@@ -181,8 +219,8 @@ def download_competition(
         return
     with atomic_dir(dest) as tmp:
         for name in files or [None]:
-            args = ["competitions", "download", "-c", competition, "-p", str(tmp), "--quiet"]
-            _run_cli([*args, "-f", name] if name else args, competition)
+            args = ["competitions", "download", "-c", competition, "-p", str(tmp)]
+            _run_cli([*args, "-f", name] if name else args, competition, stream=True)
         if not any(tmp.iterdir()):
             raise PipelineError(f"`kaggle competitions download` wrote nothing for '{competition}'")
         _extract_all(tmp, bundle=tmp / f"{competition}.zip")

@@ -280,12 +280,20 @@ def test_kaggle_command_missing(fake, tmp_path, monkeypatch):
         kaggle.download_competition(COMP, tmp_path / "raw")
 
 
-def test_cli_output_echoing_credentials_is_not_relayed(fake, api_key, tmp_path, output):
+def test_cli_output_echoing_credentials_is_not_relayed(fake, api_key, tmp_path, capfd):
     fake.add_competition(COMP, bundle=b"", echo_auth=True)
     with pytest.raises(PipelineError) as err:
         kaggle.download_competition(COMP, tmp_path / "raw")
     assert "withheld" in str(err.value)
     assert CREDS.key not in str(err.value)
+    assert CREDS.key not in capfd.readouterr().err  # nor in what was shown live
+
+
+def test_download_shows_the_cli_progress_as_it_comes(fake, api_key, tmp_path, capfd):
+    fake.add_competition(COMP, bundle=bundle_with_nested_zips())
+    kaggle.download_competition(COMP, tmp_path / "raw")
+    streamed = capfd.readouterr().err
+    assert f"Downloading {COMP}.zip" in streamed and "100%|" in streamed  # the CLI's own bar
 
 
 # ---- safe_extract on its own -----------------------------------------------------------------
