@@ -1,12 +1,14 @@
 # The two set-up commands of README.md. Both create .venv and install the project first.
 #   make demo   run the whole pipeline on the embedded demo competition (offline)
-#   make test   lint and run the test suite
+#   make test   lint and run the test suite (installs headless Chromium with apt-get if missing)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test install
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test install browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +21,16 @@ install: $(VENV)/.installed
 demo: install
 	dvc repro
 	python -m pipeline summary
+	dvc plots show
 
-test: install
+# headless Chromium for the test that opens the plots page (skipped, with the reason, without it)
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
+	  ($(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null) || \
+	  echo "no Chromium (apt-get failed): the browser test will be skipped"
+
+test: install browser
 	ruff check .
 	ruff format --check .
 	pytest
