@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.files import PipelineError
+
+EPS = 1e-7
 
 
 def read_preds(path: Path, classes: list[str]) -> pd.DataFrame:
@@ -33,3 +36,15 @@ def blend(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def fold_blend(dirs: list[Path], fold: int, split: str, classes: list[str]) -> pd.DataFrame:
     """One fold's `split` predictions (oof or test) averaged over several model folders."""
     return blend([read_preds(d / f"fold{fold}" / f"{split}.csv", classes) for d in dirs])
+
+
+def mean_probs(probs: list[np.ndarray], combine: str, task: str) -> np.ndarray:
+    """Average probability arrays, or their logits (`combine: logits`) and map back."""
+    if combine == "probs" or len(probs) == 1:
+        return np.mean(probs, 0)
+    p = np.clip(np.stack(probs), EPS, 1 - EPS)
+    if task == "multi_label":
+        return 1 / (1 + np.exp(-np.log(p / (1 - p)).mean(0)))
+    z = np.log(p).mean(0)  # log-softmax differs from the logits by a constant per row
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)

@@ -15,6 +15,7 @@ from pipeline.files import atomic_dir, read_json, write_json
 from pipeline.params import load_params
 
 SKIPPED = "skipped.json"
+PLAIN = "plain"  # in a model folder: the train stage's predictions without TTA, for predict
 DISABLED = "pseudo.enabled is false: the submission comes from the teachers"
 
 

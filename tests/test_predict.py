@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.stages.predict import VIEWS, blend_tta, choose_beta, mean_probs, predict_views
+from pipeline.inference import VIEWS, predict_views
+from pipeline.preds import mean_probs
+from pipeline.stages.predict import blend_tta, choose_beta
 
 ALL_VIEWS = list(VIEWS)
 

@@ -4,11 +4,16 @@ size that adapts to the data, and defaults that train a tiny competition."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from accelerate import Accelerator
 from sklearn.datasets import load_digits
 
@@ -213,3 +218,33 @@ def test_predict_keeps_every_view_and_random_draws_of_the_training_augmentation(
     mean_views = np.mean([npz[f"oof/{v}"] for v in views[1:]], 0)
     np.testing.assert_allclose(oof, 0.25 * plain + 0.75 * mean_views, atol=1e-6)
     assert json.loads((out / "tta.json").read_text())["beta"] == 0.25
+
+
+def test_predict_without_tta_takes_the_train_stages_plain_predictions_without_torch(workdir):
+    """No view and no draw: predict reads models/…/plain/ (snapshots too) instead of running the
+    model, and writes what running the model gives."""
+    over = {"train": {"schedule": "sgdr", "epochs": 3}, "tta": {"views": [], "beta": "auto"}}
+    p = parse_params(tiny_params(over))
+    train.run(p, "resnet10t", 0)
+    src = workdir / "models/resnet10t/fold0"
+    assert (src / "plain/oof.csv").exists() and (src / "plain/snapshots/cycle1/test.csv").exists()
+    (workdir / "params.yaml").write_text(yaml.safe_dump(tiny_params(over)))
+    stage = "main(['predict', '--model', 'resnet10t', '--fold', '0'])"
+    code = f"import sys; from pipeline.__main__ import main; {stage}; print(sorted(sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    assert "'torch'" not in res.stdout.splitlines()[-1]  # no model, no torch
+    light = workdir / "preds/resnet10t/fold0"
+    files = sorted(str(f.relative_to(light)) for f in light.rglob("*.csv"))
+    shutil.move(light, workdir / "light")
+    shutil.rmtree(src / "plain")  # now predict has to run the model
+    predict.run(p, "resnet10t", 0)
+    assert sorted(str(f.relative_to(light)) for f in light.rglob("*.csv")) == files
+    for name in files:
+        a = pd.read_csv(workdir / "light" / name).set_index("id")
+        b = pd.read_csv(light / name).set_index("id")
+        assert list(a.index) == list(b.index)
+        np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), atol=1e-5)
+    report = json.loads((light / "tta.json").read_text())
+    assert report["beta"] == 1.0 and report == json.loads((workdir / "light/tta.json").read_text())

@@ -53,11 +53,12 @@ from pipeline.data import (
     pseudo_per_batch,
     split_dataset,
 )
-from pipeline.files import PipelineError, atomic_dir, read_json, sha256
+from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_csv
 from pipeline.index import FOLDS, Index, encode_labels, fold_rows, read_folds, read_index
+from pipeline.inference import predict_split
 from pipeline.loop import LoopConfig, Phase, fit
-from pipeline.params import Params, Pseudo, Train, load_params
-from pipeline.roles import DISABLED, STUDENT, TEACHER, Role, write_skips
+from pipeline.params import Params, Pseudo, Train, Tta, load_params
+from pipeline.roles import DISABLED, PLAIN, STUDENT, TEACHER, Role, write_skips
 
 AUTO_STEPS = 16  # train.batch_size: auto halves the batch until an epoch has this many steps
 MIN_STEPS = 200  # fewer optimizer steps in all than this prints a warning
@@ -487,8 +488,32 @@ class Recorder:
             model.save_weights(m, self.ckpt / "snapshots" / f"cycle{cycle}.safetensors")
 
 
-def save_outputs(net, hist, rec: Recorder, out: Path, info: dict, about: str) -> None:
-    """The kept epoch's weights, model.json, summary.txt and snapshots, replacing `out` whole."""
+NO_TTA = Tta(views=[], random=0, random_strength=0.0, combine="probs", beta=1.0, batch_size=256)
+
+
+def write_plain(net: nn.Module, folder: Path, info: dict, d: FoldData, device) -> None:
+    """plain/{oof,test}.csv (and plain/snapshots/cycle<i>/) without TTA, of the kept weights
+    and every SGDR snapshot: what predict takes when there is no TTA, loading no model."""
+    sets = [("", None), *((f"snapshots/{s.stem}", s) for s in
+                          sorted((folder / "snapshots").glob("cycle*.safetensors")))]  # fmt: skip
+    splits = {
+        "oof": ("train", d.valid_rows, d.index.train["id"].iloc[d.valid_rows]),
+        "test": ("test", np.arange(len(d.index.test)), d.index.test["id"]),
+    }
+    net.eval()
+    for sub, weights in sets:
+        if weights is not None:
+            net.load_state_dict(load_file(str(weights)))
+        for name, (split, rows, ids) in splits.items():
+            probs = predict_split(net, d.index, split, rows, NO_TTA, info, device)["plain"]
+            frame = pd.DataFrame(probs, columns=info["classes"])
+            frame.insert(0, "id", ids.to_numpy())
+            write_csv(folder / PLAIN / sub / f"{name}.csv", frame)
+
+
+def save_outputs(net, hist, rec: Recorder, out: Path, info: dict, about: str, d: FoldData) -> None:
+    """The kept epoch's weights, model.json, summary.txt, snapshots and plain predictions,
+    replacing `out` whole."""
     best = hist.rows[hist.best_epoch - 1]
     reading = curves.verdict([r["valid_loss"] for r in hist.rows])
     rec.acc.print(
@@ -504,6 +529,7 @@ def save_outputs(net, hist, rec: Recorder, out: Path, info: dict, about: str) ->
         (tmp / "summary.txt").write_text(about + "\n")
         if (rec.ckpt / "snapshots").exists():
             shutil.copytree(rec.ckpt / "snapshots", tmp / "snapshots")
+        write_plain(net, tmp, info, d, rec.acc.device)
     rec.keep(best, hist.best_epoch)
     rec.live.summary["learning_curve"] = reading
     rec.live.end()
@@ -601,7 +627,7 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     check_replicas(net, acc)
     if acc.is_main_process:
         out = spec.role.models / name / f"fold{fold}"
-        save_outputs(net, hist, rec, out, model_info(p, name, fold, spec, d), about)
+        save_outputs(net, hist, rec, out, model_info(p, name, fold, spec, d), about, d)
     acc.wait_for_everyone()
 
 
