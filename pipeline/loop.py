@@ -323,7 +323,9 @@ def fit(
             seen, loss_sum, started, step_lrs = 0, 0.0, time.perf_counter(), []
             desc = f"{phase.name} epoch {epoch + 1}/{total}"
             batches = progress(loader, len(loader), desc, "batch", acc.is_main_process)
+            waited, asked = 0.0, time.perf_counter()  # time spent waiting for the next batch
             for i, batch in enumerate(batches):
+                waited += time.perf_counter() - asked
                 step = (epoch - first) * spe + i
                 _set_lrs(opt, phase, peaks, step, phase.epochs * spe, spe, cfg)
                 step_lrs.append(opt.param_groups[-1]["lr"])
@@ -341,7 +343,9 @@ def fit(
                 opt.step()
                 seen += len(batch[0])
                 loss_sum += loss.item() * len(batch[0])
-            images_per_s = seen * acc.num_processes / (time.perf_counter() - started)
+                asked = time.perf_counter()
+            spent = time.perf_counter() - started
+            images_per_s = seen * acc.num_processes / spent
             # --- eval
             v_loss, probs, targets = evaluate(net, phase.valid_loader, acc, loss_fn, cfg.task)
             value = metric(probs, targets)
@@ -352,6 +356,7 @@ def fit(
                 "train_loss": loss_sum / seen,
                 "valid_loss": v_loss,
                 "images_per_s": images_per_s,  # training steps only, all processes
+                "data_wait": waited / spent,  # share of the epoch spent waiting for the loader
                 "valid_metric": value,  # natural sign: a log loss stays positive
                 "lr": peaks[-1],
                 "step_lrs": step_lrs,  # the head group's LR at every step of the epoch

@@ -115,8 +115,9 @@ class Train(Section):
     effective_beta: Frac  # class_weights: effective — (1 - beta) / (1 - beta ** n_class)
     sampler: Literal["shuffle", "balanced"]  # balanced: draw every class equally often
     label_smoothing: Frac
-    num_workers: Count
+    num_workers: Count | Literal["auto"]  # DataLoader workers; auto: from the machine
     mixed_precision: Literal["no", "bf16", "fp16"]  # autocast on GPU only
+    compile: bool  # torch.compile the model (GPU only)
 
 
 NonNeg = Annotated[float, Field(ge=0)]

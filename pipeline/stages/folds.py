@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 
 from pipeline.files import PipelineError, write_csv
@@ -49,6 +48,8 @@ def _splitter(train: pd.DataFrame, n_folds: int, seed: int, task: str):
         y = encode_labels(train["label"], tag_set(train["label"]), task)
         if grouped:  # no multilabel splitter knows groups: shuffle the groups, then GroupKFold
             return GroupKFold(n_splits=n_folds), y, _shuffled_group_ids(groups, seed)
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold  # 1 s to import
+
         return MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed), y, None
     y = train["label"].to_numpy()
     if grouped:

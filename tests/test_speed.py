@@ -1,0 +1,84 @@
+"""The fast paths stay exact: the image cache, loader workers, the time an epoch waits for data."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+from accelerate import Accelerator
+
+from pipeline.index import load_image, read_index, resize
+from pipeline.loop import LoopConfig, Phase, fit
+from pipeline.params import LrFind, Prepare
+from pipeline.stages.prepare import run as prepare
+from pipeline.stages.train import loader_workers
+from tests.conftest import ROOT
+from tests.layout_fixtures import competition
+
+
+def test_cache_is_a_direct_decode_and_resize_and_a_new_size_rebuilds_it(tiny_comp, tmp_path):
+    out = tmp_path / "prepared"
+    for size in (16, 10):  # the source images are 12 px: enlarged, then shrunk
+        prepare(Prepare(cache_size=size), competition(), raw=tiny_comp, out=out)
+        index = read_index(out)
+        for split, frame in (("train", index.train), ("test", index.test)):
+            cache = index.images(split)
+            assert cache.shape == (len(frame), size, size, 3)
+            direct = np.stack([resize(load_image(p), size) for p in frame["path"]])
+            np.testing.assert_array_equal(cache, direct)  # pixel for pixel
+        assert index.meta["cache_size"] == size
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["prepare"]
+    assert "prepare" in stage["params"] and "data/raw" in stage["deps"]  # size or source: rerun
+
+
+@pytest.mark.parametrize(
+    ("setting", "cached", "gpu", "cpus", "expected"),
+    [
+        ("auto", True, False, 2, 0),  # the cached demo on this machine: workers only compete
+        ("auto", False, False, 2, 0),  # two cores: nothing to spare
+        ("auto", False, False, 8, 4),  # files to decode, cores to spare
+        ("auto", True, True, 16, 8),  # a GPU waits for the loader: use the cores
+        ("auto", True, True, 1, 0),
+        (3, True, False, 2, 3),  # a number is taken as it is
+    ],
+)
+def test_auto_loader_workers_follow_the_machine(setting, cached, gpu, cpus, expected):
+    assert loader_workers(setting, cached, gpu, cpus) == expected
+
+
+class Slow(torch.utils.data.Dataset):
+    def __init__(self, delay: float) -> None:
+        self.x, self.delay = torch.randn(64, 3, 16, 16), delay
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        time.sleep(self.delay)
+        return self.x[i], i % 3
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.01])
+def test_each_epoch_records_the_share_of_time_it_waited_for_data(tmp_path: Path, delay):
+    torch.manual_seed(0)
+    net = timm.create_model("test_resnet", num_classes=3)
+    data = torch.utils.data.DataLoader(Slow(delay), batch_size=16)
+    valid = torch.utils.data.DataLoader(Slow(0.0), batch_size=32)
+    cfg = LoopConfig(task="single_label", pct_start=0.25, div=25.0, final_div=1e4, cycle_len=1,
+                     cycle_mult=2, label_smoothing=0.0, key="k",
+                     lr_find=LrFind(start=1e-7, end=10, steps=10, suggestion="valley"))  # fmt: skip
+    groups = [{"name": "all", "params": list(net.parameters()), "lr": 1e-3, "weight_decay": 0.0}]
+    phase = Phase("full", 1, net, groups, lambda e, t: data, valid)
+    hist = fit(net, [phase], cfg, lambda p, t: 0.0, Accelerator(cpu=True), tmp_path / "s.pt",
+               lambda r: None, lambda m, r: None)  # fmt: skip
+    wait = hist.rows[0]["data_wait"]
+    assert 0.0 <= wait <= 1.0
+    if delay:  # 16 x 10 ms per batch of 16 against a few ms of a tiny model's step
+        assert wait > 0.5, wait
+    else:
+        assert wait < 0.3, wait
