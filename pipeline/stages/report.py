@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.files import PipelineError, atomic_dir, read_json, write_text
-from pipeline.params import load_params
+from pipeline.params import Params, load_params
 from pipeline.roles import STUDENT, TEACHER, Role
 
 OUT = Path("reports")
@@ -59,15 +59,20 @@ p.note {{ color: #555; margin: 2px 0; }}
 """
 
 
-def live_runs(roles: tuple[Role, ...] = (TEACHER, STUDENT)) -> list[tuple[str, str, int, Path]]:
-    """(role, model, fold, dvclive folder) of every run that trained (skipped students left out)."""
+def live_runs(p: Params) -> list[tuple[str, str, int, Path]]:
+    """(role, model, fold, dvclive folder) of the runs the params name: the teachers, and the
+    students when the round is on (folders of other backbones or folds are left out)."""
+    roles: list[tuple[Role, list[str]]] = [(TEACHER, p.train.backbones)]
+    if p.pseudo.enabled:
+        roles.append((STUDENT, p.pseudo.backbones))
     runs = []
-    for role in roles:
-        for summary in sorted(role.live.glob("*/fold*/metrics.json")):
-            if "skipped" in read_json(summary):
-                continue
-            folder = summary.parent
-            runs.append((role.name, folder.parent.name, int(folder.name[4:]), folder))
+    for role, names in roles:
+        for name, fold in ((n, k) for n in names for k in p.base.folds):
+            folder = role.live / name / f"fold{fold}"
+            if not (folder / "metrics.json").exists():
+                raise PipelineError(f"{folder}/metrics.json: missing; run `dvc repro` first")
+            if "skipped" not in read_json(folder / "metrics.json"):
+                runs.append((role.name, name, fold, folder))
     return runs
 
 
@@ -193,7 +198,7 @@ def run(out: Path = OUT) -> dict[str, int]:
     for needed in (final_json, pairs_csv):
         if not needed.exists():
             raise PipelineError(f"{needed}: missing; run `dvc repro ensemble_final` first")
-    tables = run_tables(live_runs())
+    tables = run_tables(live_runs(p))
     pairs = pd.read_csv(pairs_csv, dtype=str, keep_default_na=False)
     classes = json.loads(Path("data/prepared/meta.json").read_text())["classes"]
     tables["confusion"] = confusion(pairs)
