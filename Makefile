@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	dvc repro
+	PIPELINE_WARM=1 dvc repro  # stages fork from one process that imported torch (pipeline/warm.py)
 	python -m pipeline summary
 	dvc plots show
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline import warm
 from pipeline.files import PipelineError, read_json
 from pipeline.roles import skip_without_torch
 
@@ -84,6 +85,9 @@ def main(argv: list[str]) -> int:
         if argv[0] == "summary":
             summary()
         elif not skip_without_torch(argv[0], argv[1:]):
+            code = warm.run(argv) if warm.wanted(argv) else None
+            if code is not None:  # the warm server ran it (and printed what it had to say)
+                return code
             importlib.import_module(f"pipeline.stages.{argv[0]}").main(argv[1:])
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
