@@ -35,6 +35,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 
+USER_THREADS = os.environ.get("OMP_NUM_THREADS")  # before tests.conftest sets 1 for its workers
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -169,7 +170,10 @@ def memory_by_workers(tmp: Path) -> None:
 
 def demo_stages(tmp: Path) -> None:
     proj = Project(tmp / "demo")
-    env = {**proj.env, "PIPELINE_WARM": "1"}  # as `make demo` runs it
+    env = {**proj.env, "PIPELINE_WARM": "1"}  # as `make demo` runs it: the user's threads
+    env.pop("OMP_NUM_THREADS", None)
+    if USER_THREADS is not None:
+        env["OMP_NUM_THREADS"] = USER_THREADS
     proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=proj.path,
                             env=env, stdout=subprocess.PIPE, text=True)  # fmt: skip
     start = last = time.perf_counter()
