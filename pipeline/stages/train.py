@@ -264,7 +264,7 @@ def fold_data(p: Params, index: Index, net: nn.Module, fold: int, acc) -> FoldDa
     batch = batch_size(p.train.batch_size, len(train_rows))
     if p.train.batch_size == "auto":
         acc.print(f"train.batch_size: auto -> {batch} for {len(train_rows)} training rows")
-    gpu = acc.device.type == "cuda"
+    gpu = torch.cuda.is_available()  # as run() picks the device
     workers = loader_workers(p.train.num_workers, cache is not None, gpu, os.cpu_count() or 1)
     return FoldData(index, task, train_rows, valid_rows, targets, size, sizes, batch, norm,
                     workers, gpu)  # fmt: skip
