@@ -82,3 +82,21 @@ def test_each_epoch_records_the_share_of_time_it_waited_for_data(tmp_path: Path,
         assert wait > 0.5, wait
     else:
         assert wait < 0.3, wait
+
+
+def test_the_numpy_tail_is_albumentations_normalize_and_to_tensor_exactly():
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    from pipeline.data import build_transforms
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 17, 23, 3), dtype=np.uint8)  # odd sizes: no stride luck
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    reference = A.Compose([A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()])
+    ours = build_transforms("valid", 0, None, mean, std)
+    for img in images:
+        want, got = reference(image=img)["image"], ours(image=img)["image"]
+        assert got.dtype == torch.float32 and got.shape == (3, 17, 23)
+        assert got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
