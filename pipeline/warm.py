@@ -1,11 +1,13 @@
 """Warm start: torch, timm and albumentations imported once, every stage forked from there.
 
-With `PIPELINE_WARM=1` (what `make demo` sets), `python -m pipeline train|predict|diagnose`
-does not import torch itself: it hands its arguments, working folder, environment and its
-stdin/stdout/stderr to a server process that imported the stages once, and the server forks a
-child that runs the stage exactly as `python -m pipeline` would, then reports its exit code. A
-stage then starts in milliseconds instead of the 7-10 s of imports each process pays on a
-2-core CPU, which is most of a small competition's training time.
+With `PIPELINE_WARM=1` (what `make demo` sets), `python -m pipeline STAGE` (any stage but
+upload, which talks to Kaggle) does not import torch, pandas or scikit-learn itself: it hands
+its arguments, working folder, environment and its stdin/stdout/stderr to a server process that
+imported the stages once, and the server forks a child that runs the stage exactly as
+`python -m pipeline` would, then reports its exit code. A stage then starts in milliseconds
+instead of the 7-10 s of imports each process pays on a 2-core CPU, which is most of a small
+competition's training time. The first stages (download, prepare, folds) do not wait for a
+server that is still importing: they start it and run in their own process meanwhile.
 
 Safety:
 - the server's socket is named by a digest of the package's source, the interpreter and the
@@ -33,7 +35,10 @@ import threading
 import time
 from pathlib import Path
 
-HEAVY = ("train", "predict", "diagnose")
+WARM = ("download", "prepare", "folds", "train", "predict", "ensemble", "pseudolabel", "diagnose",
+        "report", "submit", "export")  # fmt: skip
+LIGHT = ("download", "prepare", "folds")  # first in the graph, quick cold: they do not wait for
+# a starting server (its imports take longer than they do); they start it and run in-process
 SHAPING_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTHONPATH")
 IDLE_S, START_S = 60.0, 90.0
 PACKAGE = Path(__file__).resolve().parent
@@ -44,7 +49,7 @@ def wanted(argv: list[str]) -> bool:
     return (
         env.get("PIPELINE_WARM") == "1"
         and bool(argv)
-        and argv[0] in HEAVY
+        and argv[0] in WARM
         and hasattr(os, "fork")
         and hasattr(socket, "send_fds")
         and not any(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
@@ -88,7 +93,7 @@ def _exact(conn: socket.socket, n: int) -> bytes | None:
 def run(argv: list[str]) -> int | None:
     """The stage's exit code, run by the warm server; None: run it here instead."""
     try:
-        conn = _connect(socket_path())
+        conn = _connect(socket_path(), wait=argv[0] not in LIGHT)
     except OSError:
         return None
     if conn is None:
@@ -111,7 +116,7 @@ def run(argv: list[str]) -> int | None:
     return 1 if done is None else int(done["code"])
 
 
-def _connect(path: Path) -> socket.socket | None:
+def _connect(path: Path, wait: bool = True) -> socket.socket | None:
     for attempt in range(2):
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -121,38 +126,43 @@ def _connect(path: Path) -> socket.socket | None:
             conn.close()
             if attempt:
                 return None
-        _start_server(path)
+        if not _start_server(path, wait):
+            return None
     return None
 
 
-def _start_server(path: Path) -> None:
-    ready = path.with_suffix(".ready")
-    ready.unlink(missing_ok=True)
-    server = subprocess.Popen([sys.executable, "-m", "pipeline.warm", str(path)],
-                              start_new_session=True, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+def _start_server(path: Path, wait: bool) -> bool:
+    """Start a server unless one is starting; with `wait`, True once it listens."""
+    ready, starting = path.with_suffix(".ready"), path.with_suffix(".starting")
+    if not (starting.exists() and time.time() - starting.stat().st_mtime < START_S):
+        ready.unlink(missing_ok=True)
+        starting.touch()
+        subprocess.Popen([sys.executable, "-m", "pipeline.warm", str(path)],
+                         start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    if not wait:
+        return False
     deadline = time.monotonic() + START_S
-    while time.monotonic() < deadline and not ready.exists() and server.poll() is None:
+    while time.monotonic() < deadline and not ready.exists() and starting.exists():
         time.sleep(0.05)
+    return ready.exists()
 
 
 # ---- server ----------------------------------------------------------------------------------
 
 
 def serve(path: Path) -> None:
-    import pipeline.stages.diagnose  # noqa: F401
-    import pipeline.stages.predict  # noqa: F401
-    import pipeline.stages.train  # noqa: F401  (torch, timm, albumentations, accelerate, dvclive)
-
-    with contextlib.suppress(ImportError):
-        import pytorch_grad_cam  # noqa: F401
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    path.unlink(missing_ok=True)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(8)
-    listener.settimeout(IDLE_S)
-    path.with_suffix(".ready").touch()
+    try:
+        _import_stages()
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+        path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+        listener.listen(8)
+        listener.settimeout(IDLE_S)
+        path.with_suffix(".ready").touch()
+    finally:  # listening or dead: no client waits any longer
+        path.with_suffix(".starting").unlink(missing_ok=True)
     try:
         while True:
             try:
@@ -164,6 +174,15 @@ def serve(path: Path) -> None:
     finally:
         path.unlink(missing_ok=True)
         path.with_suffix(".ready").unlink(missing_ok=True)
+
+
+def _import_stages() -> None:
+    import importlib
+
+    for stage in WARM:  # torch, timm, albumentations, accelerate, dvclive, pandas, scikit-learn
+        importlib.import_module(f"pipeline.stages.{stage}")
+    with contextlib.suppress(ImportError):
+        import pytorch_grad_cam  # noqa: F401
 
 
 def _fork_child(conn: socket.socket, listener: socket.socket) -> None:
