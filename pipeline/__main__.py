@@ -29,6 +29,7 @@ STAGES = (
     "diagnose",
     "report",
     "submit",
+    "export",
     "upload",
 )
 

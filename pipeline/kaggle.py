@@ -150,6 +150,11 @@ def _explain_failure(output: str, competition: str, args: list[str]) -> str:
     text = output.lower()
     if "authentication required" in text or "401" in text or "unauthorized" in text:
         return CREDENTIALS_HELP
+    if args[0] in ("datasets", "kernels") and any(c in text for c in ("403", "404", "not found")):
+        return (
+            f"Kaggle has no {args[0][:-1]} '{competition}' of yours ({_last_line(output)}): check "
+            "export.owner (your username), export.dataset and export.kernel in params.yaml"
+        )
     if "403" in text or "accept this competition's rules" in text or "forbidden" in text:
         return (
             f"Kaggle refused access to '{competition}' (403): accept the competition's rules at "
@@ -405,6 +410,53 @@ def submit(competition: str, file: Path, message: str) -> int | None:
     out = _run_cli(args, competition, timeout_s=600)
     found = re.search(r"Submission ref:\s*(\d+)", out)
     return int(found.group(1)) if found else None
+
+
+def submit_kernel(competition: str, kernel: str, version: int, message: str) -> int | None:
+    """A code competition: submit the output of notebook `kernel` (owner/slug) at `version`."""
+    args = ["competitions", "submit", competition, "-k", kernel, "-v", str(version),
+            "-f", "submission.csv", "-m", message]  # fmt: skip
+    out = _run_cli(args, competition, timeout_s=600)
+    found = re.search(r"Submission ref:\s*(\d+)", out)
+    return int(found.group(1)) if found else None
+
+
+def push_dataset(ref: str, folder: Path, message: str) -> bool:
+    """`kaggle datasets version` of dataset `ref` from `folder`, or `create` the first time
+    (folders zipped, so that they survive); True when it was created."""
+    exists = _succeeds(["datasets", "status", ref])
+    zipped = ["-p", str(folder), "--dir-mode", "zip"]
+    args = ["datasets", "version" if exists else "create", *zipped]
+    args += ["-m", message] if exists else []
+    out = _run_cli(args, ref, timeout_s=3600)
+    _raise_on_error_line(out, args, ref)
+    return not exists
+
+
+def push_kernel(ref: str, folder: Path) -> int:
+    """`kaggle kernels push`; the new version's number."""
+    args = ["kernels", "push", "-p", str(folder)]
+    out = _run_cli(args, ref, timeout_s=600)
+    _raise_on_error_line(out, args, ref)
+    found = re.search(r"Kernel version (\d+) successfully", out)
+    if not found:
+        raise PipelineError(f"`kaggle kernels push` for {ref} named no version: {_last_line(out)}")
+    return int(found.group(1))
+
+
+def _succeeds(args: list[str]) -> bool:
+    try:
+        _run_cli(args, args[-1], timeout_s=120)
+    except PipelineError:
+        return False
+    return True
+
+
+def _raise_on_error_line(out: str, args: list[str], ref: str) -> None:
+    """The CLI reports some refusals on stdout with exit code 0 ("Dataset creation error: …")."""
+    for line in out.splitlines():
+        if re.search(r"\berror\b", line, re.IGNORECASE):
+            raise PipelineError(f"`kaggle {args[0]} {args[1]}` for {ref}: {line.strip()[:300]}")
 
 
 def poll_submission(

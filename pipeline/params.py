@@ -190,6 +190,15 @@ class Upload(Section):
     poll_interval_s: Annotated[float, Field(ge=0)]
 
 
+class Export(Section):
+    enabled: bool  # true: a code competition; export/ is written and upload submits the kernel
+    owner: str | None  # the Kaggle username owning the dataset and the kernel (required if on)
+    dataset: str | None  # the dataset's slug; None: COMPETITION-models
+    kernel: str | None  # the kernel's slug; None: COMPETITION-inference
+    gpu: bool  # the kernel asks for a GPU accelerator
+    private: bool  # dataset and kernel private
+
+
 class Diagnose(Section):
     enabled: bool  # false: the stage writes a note and no images
     model: str | None  # None: the first backbone of what is submitted (students, or teachers)
@@ -214,6 +223,7 @@ class Params(Section):
     pseudo: Pseudo
     upload: Upload
     diagnose: Diagnose
+    export: Export
 
     @model_validator(mode="after")
     def _across_sections(self) -> Params:

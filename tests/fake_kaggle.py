@@ -12,7 +12,12 @@ Use it from a test:
         fake.add_competition("demo", bundle=zip_bytes)
         for key, value in fake.env().items():
             monkeypatch.setenv(key, value)
-        ...  # run the CLI; then inspect fake.calls, fake.uploads, fake.submissions
+        ...  # run the CLI; then inspect fake.calls, fake.uploads, fake.submissions,
+        ...  # fake.datasets (owner/slug -> versions) and fake.kernels (owner/slug -> versions)
+
+Besides competitions it answers what `kaggle datasets create/version` (blobs.BlobApiService,
+datasets.DatasetApiService) and `kaggle kernels push` (kernels.KernelsApiService/SaveKernel)
+send, and `kaggle competitions submit -k OWNER/KERNEL -v N` (CreateCodeSubmission).
 
 Nothing is written to disk; credentials only ever live in memory.
 """
@@ -62,6 +67,12 @@ class Call:
     authorized: bool
 
 
+@dataclass
+class FakeDatasetVersion:
+    request: dict[str, Any]  # the CreateDataset / CreateDatasetVersion body, as sent
+    files: dict[str, bytes]  # uploaded name -> bytes (a folder sent with --dir-mode zip: NAME.zip)
+
+
 class FakeKaggle:
     """The server plus the state it serves; a context manager that runs it in a thread."""
 
@@ -71,6 +82,9 @@ class FakeKaggle:
         self.calls: list[Call] = []
         self.uploads: dict[str, bytes] = {}  # token -> bytes received by PUT
         self.submissions: list[dict[str, Any]] = []
+        self.blobs: dict[str, str] = {}  # token -> file name announced by StartBlobUpload
+        self.datasets: dict[str, list[FakeDatasetVersion]] = {}  # "owner/slug" -> versions
+        self.kernels: dict[str, list[dict[str, Any]]] = {}  # "owner/slug" -> SaveKernel bodies
         self._polls: dict[int, int] = {}  # ref -> listing calls seen since it was created
         self._next_ref = 40_000_001
         self._lock = threading.Lock()
@@ -133,6 +147,9 @@ class FakeKaggle:
             if body.get("token") != self.creds.api_token:
                 return _error(403, "Invalid token")
             return 200, {"active": True, "username": self.creds.username}, {}
+        account = getattr(self, f"_account_{method}", None)
+        if account is not None:  # datasets, blobs, kernels: no competition involved
+            return account(body)
         comp_name = body.get("competitionName", "")
         comp = self.competitions.get(comp_name)
         needs_competition = method != "GetSubmission"
@@ -179,6 +196,28 @@ class FakeKaggle:
         )
         return 200, {"message": f"Successfully submitted to {name}", "ref": ref}, {}
 
+    def _api_CreateCodeSubmission(self, name: str, comp: FakeCompetition, body: dict) -> tuple:
+        kernel = f"{body.get('kernelOwner')}/{body.get('kernelSlug')}"
+        versions = self.kernels.get(kernel, [])
+        version = body.get("kernelVersion") or len(versions)
+        if not 1 <= version <= len(versions):
+            return _error(404, f"Notebook {kernel} version {version} not found")
+        with self._lock:
+            ref = self._next_ref
+            self._next_ref += 1
+        self.submissions.append(
+            {
+                "ref": ref,
+                "competition": name,
+                "kernel": kernel,
+                "kernel_version": version,
+                "file": body.get("fileName"),
+                "description": body.get("submissionDescription"),
+                "date": datetime.now(timezone.utc).replace(tzinfo=None),
+            }
+        )
+        return 200, {"message": f"Successfully submitted to {name}", "ref": ref}, {}
+
     def _api_GetSubmissionLimits(self, name: str, comp: FakeCompetition | None, body: dict):
         n = sum(s["competition"] == name for s in self.submissions)
         limits = {"numToday": n, "numTotal": n, "numAllowedNow": 5 - n, "limitedByTotal": False}
@@ -207,6 +246,56 @@ class FakeKaggle:
         if status == "ERROR":
             row["errorDescription"] = "Submission has the wrong number of rows"
         return row
+
+    # ---- datasets, blobs and kernels (the caller's own account) ------------------------------
+
+    def _account_StartBlobUpload(self, body: dict) -> tuple:
+        token = secrets.token_hex(8)
+        self.blobs[token] = body.get("name", "")
+        return 200, {"token": token, "createUrl": f"http://localhost/upload/{token}"}, {}
+
+    def _blob_files(self, files: list[dict]) -> dict[str, bytes] | None:
+        tokens = [f.get("token", "") for f in files]
+        if any(t not in self.uploads for t in tokens):
+            return None
+        return {self.blobs[t]: self.uploads[t] for t in tokens}
+
+    def _account_GetDatasetStatus(self, body: dict) -> tuple:
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if ref not in self.datasets:
+            return _error(404, f"Dataset {ref} not found")
+        return 200, {"status": "READY"}, {}
+
+    def _account_CreateDataset(self, body: dict) -> tuple:
+        ref = f"{body.get('ownerSlug')}/{body.get('slug')}"
+        files = self._blob_files(body.get("files", []))
+        if files is None:
+            return _error(400, "Unknown blob token")
+        if body.get("ownerSlug") != self.creds.username:
+            return _error(403, f"{body.get('ownerSlug')} is not you")
+        self.datasets[ref] = [FakeDatasetVersion(body, files)]
+        url = f"https://www.kaggle.com/datasets/{ref}"
+        return 200, {"ref": ref, "url": url, "status": "ok", "error": ""}, {}
+
+    def _account_CreateDatasetVersion(self, body: dict) -> tuple:
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if ref not in self.datasets:
+            return _error(404, f"Dataset {ref} not found")
+        files = self._blob_files(body.get("body", {}).get("files", []))
+        if files is None:
+            return _error(400, "Unknown blob token")
+        self.datasets[ref].append(FakeDatasetVersion(body, files))
+        url = f"https://www.kaggle.com/datasets/{ref}"
+        return 200, {"ref": ref, "url": url, "status": "ok", "error": ""}, {}
+
+    def _account_SaveKernel(self, body: dict) -> tuple:
+        ref = body.get("slug", "")
+        if ref.split("/")[0] != self.creds.username:
+            return _error(403, f"{ref} is not yours")
+        self.kernels.setdefault(ref, []).append(body)
+        n = len(self.kernels[ref])
+        url = f"https://www.kaggle.com/code/{ref}"
+        return 200, {"ref": ref, "url": url, "versionNumber": n, "error": ""}, {}
 
     # ---- plain HTTP: file downloads and blob uploads ---------------------------------------
 

@@ -83,3 +83,21 @@ def test_missing_local_path_is_named(tmp_path):
     with pytest.raises(PipelineError, match="nope.zip' does not exist"):
         run(_path_source(tmp_path / "nope.zip"), seed=0, raw=tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_local_folder_is_linked_in_place_never_copied(tmp_path):
+    src = tmp_path / "input" / "comp"
+    (src / "train").mkdir(parents=True)
+    (src / "train.csv").write_text("id,label\na,cat\n")
+    (src / "train" / "a.png").write_bytes(b"\x89PNG fake")
+    (src / ".DS_Store").write_bytes(b"junk")
+    with zipfile.ZipFile(src / "test.zip", "w") as z:
+        z.writestr("test/b.png", b"\x89PNG fake too")
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    raw = tmp_path / "raw"
+    run(_path_source(src), seed=0, raw=raw)
+    assert (raw / "train.csv").is_symlink() and (raw / "train/a.png").is_symlink()
+    assert (raw / "train/a.png").resolve() == (src / "train/a.png").resolve()
+    assert (raw / "test/b.png").read_bytes() == b"\x89PNG fake too"  # archives: extracted
+    assert not (raw / ".DS_Store").exists() and not (raw / "test.zip").exists()
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before  # the input untouched

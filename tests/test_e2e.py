@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 
+from tests.code_competition import check_code_competition
 from tests.test_plots import check_plots_page
 
 pytestmark = pytest.mark.slow
@@ -43,10 +44,12 @@ RECIPE = {  # two backbones, SGDR with a snapshot per cycle (epochs 1 and 3), fi
 }
 
 
-def test_dvc_repro_end_to_end(project, tiny_comp):
+def test_dvc_repro_end_to_end(project, tiny_comp, tmp_path):
     project.set_params(RECIPE)
     first = project.run(["dvc", "repro"])
     assert ran(first)[:3] == ["download", "prepare", "folds"]
+    raw = project.path / "data/raw/train.csv"  # a local folder: linked, and DVC keeps the links
+    assert raw.is_symlink() and raw.resolve() == (tiny_comp / "train.csv").resolve()
     order = ran(first)
     assert TEACHERS | ROUND | {"upload", "diagnose", "report"} <= set(order)
     # teacher -> pseudolabel -> student -> final ensemble -> submit
@@ -69,8 +72,9 @@ def test_dvc_repro_end_to_end(project, tiny_comp):
     assert "accuracy" in project.run(["dvc", "metrics", "show"]).stdout
     check_plots_page(project.path, project.run)
     check_blend_report(project)
+    check_code_competition(project, tiny_comp, tmp_path)  # and back to a CSV competition
     project.set_params({"diagnose": {"enabled": False}})  # the reruns below: no heatmaps
-    assert ran(project.run(["dvc", "repro"])) == ["diagnose"]
+    assert set(ran(project.run(["dvc", "repro"]))) == {"diagnose", "export", "upload"}
 
     # nothing changed: nothing runs
     assert ran(project.run(["dvc", "repro"])) == []

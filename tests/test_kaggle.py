@@ -19,6 +19,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipeline import kaggle
@@ -365,6 +366,7 @@ def stage_files(root: Path, submission: str = GOOD) -> dict[str, Path]:
         "prepared_dir": prepared,
         "metrics_path": root / "metrics" / "cv.json",
         "receipt_path": root / "submissions" / "receipt.json",
+        "history": root / "submissions" / "history.csv",
     }
 
 
@@ -399,6 +401,27 @@ def test_upload_sends_the_exact_bytes_and_records_the_receipt(fake, api_key, tmp
         assert part in receipt["message"]
     assert fake.api_calls()[:2] == ["StartSubmissionUpload", "CreateSubmission"]
     assert "ListSubmissions" in fake.api_calls()
+
+
+def test_two_uploads_make_two_history_rows_and_refresh_fills_their_scores(fake, api_key, tmp_path):
+    fake.add_competition(COMP, bundle=b"", statuses=["PENDING", "PENDING", "COMPLETE"],
+                         public_score="0.5")  # fmt: skip
+    paths = stage_files(tmp_path)
+    run_upload(paths, attempts=1)
+    run_upload(paths, attempts=1)
+    history = pd.read_csv(paths["history"])
+    assert len(history) == 2 and (history["status"] == "pending").all()
+    assert history["cv"].tolist() == [0.975, 0.975] and history["public_score"].isna().all()
+    assert history["submission_ref"].tolist() == [s["ref"] for s in fake.submissions]
+    assert history["git_rev"].notna().all() and history["params_hash"].notna().all()
+    plot = paths["history"].with_name("cv_lb.json")
+    assert json.loads(plot.read_text()) == []  # nothing scored yet: nothing to draw
+    upload.refresh(paths["history"], attempts=1, interval_s=0.0)
+    history = pd.read_csv(paths["history"])
+    assert (history["status"] == "complete").all()
+    assert history["public_score"].tolist() == [0.5, 0.5]
+    points = json.loads(plot.read_text())
+    assert [(p["cv"], p["public_score"]) for p in points] == [(0.975, 0.5), (0.975, 0.5)]
 
 
 def test_message_names_cv_scores_models_and_revision(tmp_path):

@@ -3,12 +3,15 @@
     python -m pipeline download            # reads competition.* and base.seed from params.yaml
 
 Sources: `demo` writes the embedded digits competition (offline), `kaggle` runs the Kaggle CLI,
-`path` copies a local folder or extracts a local .zip (on Kaggle: /kaggle/input/NAME).
+`path` reads a local folder in place or extracts a local .zip (on Kaggle: /kaggle/input/NAME).
+A folder is not copied: data/raw/ mirrors its tree with a symbolic link per file (Kaggle's working
+disk is 20 GB, a competition's input can be more); only archives inside it are extracted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 
@@ -55,12 +58,24 @@ def write_demo(dest: Path, seed: int) -> None:
     )
 
 
-def copy_local(src: Path, dest: Path) -> None:
-    """A folder is copied, an archive extracted; archives inside (train.zip) are extracted too."""
+def link_tree(src: Path, dest: Path) -> None:
+    """dest/ mirrors src/: real folders, and a symbolic link to every file (absolute target)."""
+    src = src.resolve()
+    for folder, dirs, files in os.walk(src):
+        rel = Path(folder).relative_to(src)
+        (dest / rel).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (dest / rel / name).symlink_to(Path(folder) / name)
+        dirs.sort()
+
+
+def from_local(src: Path, dest: Path) -> None:
+    """A folder is linked in place, an archive extracted; archives inside (train.zip) are
+    extracted too."""
     if not src.exists():
         raise PipelineError(f"competition.path: '{src}' does not exist")
     if src.is_dir():
-        shutil.copytree(src, dest, dirs_exist_ok=True)
+        link_tree(src, dest)
     else:
         kaggle.safe_extract(src, dest)
     tidy(dest)
@@ -97,7 +112,7 @@ def run(comp: Competition, seed: int, raw: Path = RAW, force: bool = False) -> N
         else:
             if not comp.path:
                 raise PipelineError("competition.path: required when competition.source is 'path'")
-            copy_local(Path(comp.path), tmp)
+            from_local(Path(comp.path), tmp)
     print(f"download: {comp.source} competition '{comp.name}' in {raw}/")
 
 

@@ -156,7 +156,7 @@ def evaluate(index: Index, metric: str, members: dict[str, Member], mode: str) -
         metrics.report(oof, targets, row_thr),
         thresholds,
         row_thr,
-        [round(float(w), 6) for w in w_all],
+        [float(w) for w in w_all],
     )
 
 
@@ -167,7 +167,7 @@ def cv_report(index: Index, metric: str, chosen: dict[str, Member], reported, mo
         n: evaluate(index, metric, {n: m}, "equal").report[metric] for n, m in reported.items()
     }
     cv = {"metric": metric, "cv": b.report[metric], **b.report}
-    cv["members"] = dict(zip(chosen, b.weights, strict=True))  # name -> weight on the test set
+    cv["members"] = {n: round(w, 6) for n, w in zip(chosen, b.weights, strict=True)}  # test set
     cv["single"] = singles  # every backbone with and without TTA, every snapshot set
     cv["per_model"] = {n: v for n, v in singles.items() if n in chosen}
     top = best(metric, list(singles.values()))
@@ -199,8 +199,11 @@ def collect(index: Index, folders: dict[str, Path], folds: list[int], snapshots:
     return chosen, reported
 
 
-def write_blend(index: Index, metric: str, b: Blend, out: Path, confusion: Path) -> None:
+def write_blend(index: Index, metric: str, b: Blend, names, out: Path, confusion: Path) -> None:
+    """oof.csv, test.csv and thresholds.json ({metric, thresholds, weights: {member: its exact
+    weight on the test set}}, what an exported kernel blends with) in `out`; the confusion pairs."""
     decision = {"metric": metric, "thresholds": None}
+    decision["weights"] = dict(zip(names, b.weights, strict=True))
     if index.meta["task"] == "multi_label":
         decision["thresholds"] = {
             c: float(t) for c, t in zip(index.classes, b.thresholds, strict=True)
@@ -228,7 +231,7 @@ def run(
     index = read_index()
     chosen, reported = collect(index, {n: preds / n for n in backbones}, folds, settings.snapshots)
     b, cv = cv_report(index, metric, chosen, reported, settings.weights)
-    write_blend(index, metric, b, out, out_confusion)
+    write_blend(index, metric, b, list(chosen), out, out_confusion)
     write_json(out_metrics, cv)
     print_report("ensemble", cv, settings.weights)
     return cv
@@ -268,7 +271,7 @@ def run_final(
     members = final_members(p)
     chosen, reported = collect(index, members, folds, ens.snapshots)
     b, cv = cv_report(index, metric, chosen, reported, ens.weights)
-    write_blend(index, metric, b, out, out_confusion)
+    write_blend(index, metric, b, list(chosen), out, out_confusion)
     if not teacher_cv.exists():
         raise PipelineError(f"{teacher_cv}: missing; run `dvc repro ensemble` first")
     teachers_cv = read_json(teacher_cv)

@@ -14,7 +14,7 @@ Writes preds/<model>/fold<k>/ (students: students/preds/...): oof.csv (the fold'
 rows) and test.csv, each an id column and one probability column per class, as blended;
 oof_plain.csv and test_plain.csv without TTA; views.npz (every view's probabilities, for tuning);
 tta.json (views, beta, the OOF metric of plain, TTA and the blend); and for SGDR models
-snapshots/cycle<i>/{oof,test}.csv, the same TTA over each snapshot. Only `tta` and
+snapshots/cycle<i>/{oof,test}.csv and tta.json, the same TTA over each snapshot. Only `tta` and
 competition.metric are read from params, so changing them reruns predict and what follows, never
 training. With no view and no random draw (`tta.views: []`, `tta.random: 0`) predict loads no
 model and no torch: it takes the plain predictions the train stage wrote beside the weights
@@ -155,9 +155,9 @@ def run(p: Params, name: str, fold: int, role: Role = TEACHER) -> None:
             beta, report = tta_report(outs, index, fold, tta, info, metric)
             (tmp / sub).mkdir(parents=True, exist_ok=True)
             write_fold(tmp / sub, index, fold, outs, beta, tta, info)
+            write_json(tmp / sub / "tta.json", report)  # its beta: what an exported kernel uses
             if not sub:
                 kept = outs, beta, report
-        write_json(tmp / "tta.json", kept[2])
     outs, beta, report = kept
     print(
         f"predict: {role.name} {name} fold {fold}, {len(outs['oof']['plain'])} oof + "

@@ -7,15 +7,25 @@ With `upload.enabled: false` (the default for real competitions, and the demo) n
 submissions/receipt.json says "skipped" and carries the local score written by `submit` if any.
 Otherwise the file is checked against data/prepared/sample_submission.csv (an invalid file is
 never sent), submitted with `kaggle competitions submit`, and the listing is polled a bounded
-number of times for the scoring status and public score.
+number of times for the scoring status and public score. A code competition (export.enabled)
+submits the output of the notebook that `python -m pipeline export --push` pushed
+(`kaggle competitions submit COMPETITION -k OWNER/KERNEL -v VERSION -f submission.csv`), and
+refuses when the export changed since that push.
 
 Receipt: {"status": "skipped" | "complete" | "pending" | "error", "competition", "file",
-"sha256", "message", "submission_ref", "public_score", ...}; it never holds credentials.
+"sha256", "message", "submission_ref", "public_score", "kernel", "kernel_version", ...}; it
+never holds credentials. Every real submission also appends a row to submissions/history.csv
+(time, CV, public score, message, params hash, git revision, kernel and version) and rewrites
+submissions/cv_lb.json, the scored rows that `dvc plots show` draws as public score against CV.
+
+    python -m pipeline upload --refresh   # ask Kaggle again for the scores still pending
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -23,13 +33,97 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from pipeline import kaggle
-from pipeline.files import PipelineError, read_json, sha256, write_json
+from pipeline.files import PipelineError, read_json, sha256, write_csv, write_json
 from pipeline.metrics import validate_submission
 from pipeline.params import load_params
 
+PUSHED = Path("submissions/kernel.json")  # what `python -m pipeline export --push` recorded
+
 MAX_MESSAGE_LEN = 250  # characters; Kaggle truncates long submission descriptions
+HISTORY = Path("submissions/history.csv")
+COLUMNS = ["time", "competition", "metric", "cv", "public_score", "status", "message",
+           "params_hash", "git_rev", "kernel", "kernel_version", "submission_ref"]  # fmt: skip
+
+
+def append_history(path: Path, receipt: dict[str, Any], metrics_path: Path) -> None:
+    """One row per submission, then the plot's data (submissions/cv_lb.json) from all rows."""
+    cv = read_json(metrics_path) if metrics_path.exists() else {}
+    row = {
+        "time": receipt["submitted_at"], "competition": receipt["competition"],
+        "metric": cv.get("metric"), "cv": cv.get("cv"), "public_score": receipt["public_score"],
+        "status": receipt["status"], "message": receipt["message"],
+        "params_hash": params_hash(), "git_rev": _git_rev(), "kernel": receipt.get("kernel"),
+        "kernel_version": receipt.get("kernel_version"),
+        "submission_ref": receipt["submission_ref"],
+    }  # fmt: skip
+    rows = read_history(path)
+    write_history(path, pd.concat([rows, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True))
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        return pd.DataFrame(columns=COLUMNS)
+    frame = pd.read_csv(path, dtype={"git_rev": str, "params_hash": str, "message": str})
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise PipelineError(f"{path}: no column {missing[0]}; move the file aside to start anew")
+    return frame[COLUMNS]
+
+
+def write_history(path: Path, rows: pd.DataFrame) -> None:
+    """history.csv, and cv_lb.json beside it: the rows with both a CV and a public score."""
+    write_csv(path, rows)
+    scored = rows.dropna(subset=["cv", "public_score"])
+    points = [
+        {"cv": float(r.cv), "public_score": float(r.public_score), "time": str(r.time),
+         "message": str(r.message), "git_rev": str(r.git_rev)}
+        for r in scored.itertuples()
+    ]  # fmt: skip
+    write_json(path.with_name("cv_lb.json"), points)
+
+
+def refresh(path: Path, attempts: int, interval_s: float) -> pd.DataFrame:
+    """Poll Kaggle again for every row still pending; rewrite history and plot data."""
+    rows = read_history(path)
+    for i in rows.index[rows["status"] == "pending"]:
+        ref = rows.at[i, "submission_ref"]
+        ref = int(ref) if pd.notna(ref) else None
+        got = kaggle.poll_submission(rows.at[i, "competition"], ref, str(rows.at[i, "message"]),
+                                     attempts, interval_s)  # fmt: skip
+        rows.at[i, "status"], rows.at[i, "public_score"] = got["status"], got["public_score"]
+    write_history(path, rows)
+    done = int((rows["status"] != "pending").sum())
+    print(f"upload --refresh: {done} of {len(rows)} submissions scored -> {path}")
+    return rows
+
+
+def params_hash(path: Path = Path("params.yaml")) -> str | None:
+    """A digest of the params' values (comments and layout aside): which settings scored what."""
+    if not path.exists():
+        return None
+    values = json.dumps(yaml.safe_load(path.read_text()), sort_keys=True, default=str)
+    return hashlib.sha256(values.encode()).hexdigest()[:12]
+
+
+def pushed_kernel(pushed: Path, export_dir: Path) -> dict[str, Any]:
+    """The notebook `export --push` pushed, if it is of the current export."""
+    from pipeline.stages.export import bundle_digest
+
+    if not pushed.exists():
+        raise PipelineError(
+            f"{pushed}: missing; a code competition submits a notebook: run "
+            "`python -m pipeline export --push`, wait for it to run on Kaggle, then upload"
+        )
+    record = read_json(pushed)
+    if record.get("bundle_sha256") != bundle_digest(export_dir):
+        raise PipelineError(
+            f"{pushed}: kernel {record.get('kernel')} version {record.get('version')} was "
+            f"pushed from another export than {export_dir}/; run `python -m pipeline export --push`"
+        )
+    return record
 
 
 def run(
@@ -44,8 +138,11 @@ def run(
     metrics_path: Path,
     receipt_path: Path,
     models: list[str],
+    kernel: dict[str, Any] | None = None,
+    history: Path = HISTORY,
 ) -> dict[str, Any]:
-    """Validate, then submit (or skip); write and return the receipt."""
+    """Validate, then submit (or skip); write and return the receipt. `kernel`: a code
+    competition's pushed notebook ({"kernel": owner/slug, "version": n})."""
     validate(submission, prepared_dir)
     receipt: dict[str, Any] = {
         "status": "skipped",
@@ -66,10 +163,15 @@ def run(
         return receipt
 
     text = message or build_message(metrics_path, models)
-    ref = kaggle.submit(competition, submission, text)
+    if kernel is None:
+        ref = kaggle.submit(competition, submission, text)
+    else:
+        ref = kaggle.submit_kernel(competition, kernel["kernel"], kernel["version"], text)
+        receipt |= {"kernel": kernel["kernel"], "kernel_version": kernel["version"]}
     result = kaggle.poll_submission(competition, ref, text, poll_attempts, poll_interval_s)
     receipt.update(result, message=text, submitted_at=_now())
     write_json(receipt_path, receipt)
+    append_history(history, receipt, metrics_path)
     print(
         f"submitted to {competition}: ref {receipt['submission_ref']}, status {receipt['status']}, "
         f"public score {receipt['public_score']}"
@@ -131,9 +233,15 @@ def _now() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="python -m pipeline upload", description=__doc__).parse_args(argv)
+    ap = argparse.ArgumentParser(prog="python -m pipeline upload", description=__doc__)
+    ap.add_argument("--refresh", action="store_true", help="poll the pending scores again")
+    a = ap.parse_args(argv)
     p = load_params()
     up = p.upload  # enabled, message, poll_attempts, poll_interval_s
+    if a.refresh:
+        refresh(HISTORY, up.poll_attempts, up.poll_interval_s)
+        return 0
+    code = p.export.enabled and up.enabled
     run(
         competition=p.competition.name,
         enabled=up.enabled,
@@ -146,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         receipt_path=Path("submissions/receipt.json"),
         models=p.train.backbones
         + ([f"students {','.join(p.pseudo.backbones)}"] if p.pseudo.enabled else []),
+        kernel=pushed_kernel(PUSHED, Path("export")) if code else None,
     )
     return 0
 

@@ -1,0 +1,92 @@
+"""Work spread through DVC: folds trained on two machines meet on a third through a shared
+remote; a stage whose cmd is `accelerate launch` with two processes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import TINY_PARAMS, Project, merge
+from tests.test_train_processes import free_port
+
+pytestmark = pytest.mark.slow
+
+NO_ROUND = {"pseudo": {"enabled": False}, "diagnose": {"enabled": False}, "tta": {"views": []}}
+
+
+def machine(path, comp, remote) -> Project:
+    proj = Project(path)
+    source = {"competition": {"source": "path", "path": str(comp)}}
+    proj.set_params(merge(merge(TINY_PARAMS, NO_ROUND), source))
+    proj.run(["dvc", "remote", "add", "-d", "shared", str(remote)])
+    return proj
+
+
+def started(out: str) -> list[str]:
+    return [ln.split("'")[1] for ln in out.splitlines() if ln.startswith("Running stage")]
+
+
+def test_folds_trained_on_two_machines_are_combined_on_a_third(tmp_path, tiny_comp):
+    remote = tmp_path / "remote"
+    a, b, c = (machine(tmp_path / name, tiny_comp, remote) for name in "abc")
+    for proj, fold in ((a, 0), (b, 1)):
+        proj.run(["dvc", "repro", f"train@resnet10t-{fold}"])
+        proj.run(["dvc", "push", "--run-cache"])
+    out = c.run(["dvc", "repro", "--pull", "--allow-missing"]).stdout
+    assert not any(s.startswith("train@") for s in started(out)), out
+    assert "Stage 'train@resnet10t-0' is cached" in out
+    assert {"ensemble", "submit"} <= set(started(out))
+    for proj, fold in ((a, 0), (b, 1)):
+        mine = load_file(str(proj.path / f"models/resnet10t/fold{fold}/model.safetensors"))
+        theirs = load_file(str(c.path / f"models/resnet10t/fold{fold}/model.safetensors"))
+        assert all((mine[k] == theirs[k]).all() for k in mine)  # restored, not retrained
+    assert (c.path / "submissions/submission.csv").exists()
+
+
+def test_a_stage_launched_by_accelerate_on_two_processes(tmp_path, tiny_comp):
+    proj = machine(tmp_path / "proj", tiny_comp, tmp_path / "remote")
+    stages = yaml.safe_load((proj.path / "dvc.yaml").read_text())
+    launch = (  # --multi_gpu: two processes; without a GPU, accelerate makes them CPU (gloo)
+        "accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
+        f"--dynamo_backend no --main_process_port {free_port()}"
+    )
+    stages["stages"]["train"]["cmd"] = stages["stages"]["train"]["cmd"].replace(
+        "python -m pipeline", f"{launch} -m pipeline"
+    )
+    (proj.path / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    out = proj.run(["dvc", "repro", "train@resnet10t-0"]).stdout
+    assert "weights identical on 2 processes" in out
+    assert out.count("best epoch") == 1  # one writer
+    assert (proj.path / "models/resnet10t/fold0/model.safetensors").exists()
+    assert "train@resnet10t-0" not in proj.run(["dvc", "status"]).stdout  # recorded as done
+
+
+def test_queued_experiments_run_in_parallel(tmp_path, tiny_comp):
+    proj = machine(tmp_path / "proj", tiny_comp, tmp_path / "remote")
+    proj.run(["dvc", "config", "core.no_scm", "false"])  # `dvc exp` needs git
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start"],
+    ):
+        proj.run(cmd)  # fmt: skip
+    for lr in ("0.002", "0.008"):
+        proj.run(["dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", "train@resnet10t-0"])
+    proj.run(["dvc", "queue", "start", "-j", "2"])
+    deadline = time.monotonic() + 600
+    while "Queued" in (status := queue_status(proj)) or "Running" in status:
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    shown = proj.run(["dvc", "exp", "show", "--csv"]).stdout
+    rows = [r for r in csv.DictReader(io.StringIO(shown)) if r["State"] == "Success"]
+    assert sorted(float(r["peak_lr"]) for r in rows) == [0.002, 0.008]  # each trained at its LR
+
+
+def queue_status(proj: Project) -> str:
+    return proj.run(["dvc", "queue", "status"]).stdout
