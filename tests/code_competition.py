@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from tests.fake_kaggle import FakeCreds, FakeKaggle
+from tests.test_plots import page_specs
 
 CREDS = FakeCreds(username="fakeuser123", key="secretkey-XYZ-8f3a1c0d", api_token="tok-QRS-77b2")
 BLOCKED = ("dvc", "dvclive", "pytorch_grad_cam", "vl_convert", "iterstrat")  # not on Kaggle
@@ -137,3 +138,7 @@ def check_uploads(project, fake: FakeKaggle, env: dict, name: str) -> None:
     assert history["cv"].tolist() == [cv, cv] and history["public_score"].notna().all()
     points = json.loads((project.path / "submissions/cv_lb.json").read_text())
     assert [p["cv"] for p in points] == [cv, cv] and len(points) == 2
+    project.run(["dvc", "plots", "show"])  # the page draws them: public score against CV
+    specs = page_specs((project.path / "dvc_plots/index.html").read_text())
+    drawn = specs["cv_lb"]["data"]["values"]
+    assert [(float(d["cv"]), float(d["public_score"])) for d in drawn] == [(cv, 0.91234)] * 2

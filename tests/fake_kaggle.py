@@ -182,6 +182,10 @@ class FakeKaggle:
         token = body.get("blobFileTokens", "")
         if token not in self.uploads:
             return _error(400, "Unknown blob token")
+        return self._submitted(name, body, token=token)
+
+    def _submitted(self, name: str, body: dict, **fields: Any) -> tuple:
+        """Record a submission to competition `name`; the CLI's answer."""
         with self._lock:
             ref = self._next_ref
             self._next_ref += 1
@@ -189,7 +193,7 @@ class FakeKaggle:
             {
                 "ref": ref,
                 "competition": name,
-                "token": token,
+                **fields,
                 "description": body.get("submissionDescription"),
                 "date": datetime.now(timezone.utc).replace(tzinfo=None),
             }
@@ -202,21 +206,9 @@ class FakeKaggle:
         version = body.get("kernelVersion") or len(versions)
         if not 1 <= version <= len(versions):
             return _error(404, f"Notebook {kernel} version {version} not found")
-        with self._lock:
-            ref = self._next_ref
-            self._next_ref += 1
-        self.submissions.append(
-            {
-                "ref": ref,
-                "competition": name,
-                "kernel": kernel,
-                "kernel_version": version,
-                "file": body.get("fileName"),
-                "description": body.get("submissionDescription"),
-                "date": datetime.now(timezone.utc).replace(tzinfo=None),
-            }
+        return self._submitted(
+            name, body, kernel=kernel, kernel_version=version, file=body.get("fileName")
         )
-        return 200, {"message": f"Successfully submitted to {name}", "ref": ref}, {}
 
     def _api_GetSubmissionLimits(self, name: str, comp: FakeCompetition | None, body: dict):
         n = sum(s["competition"] == name for s in self.submissions)
