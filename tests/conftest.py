@@ -112,6 +112,9 @@ class Project:
             "PATH": bindir + os.pathsep + os.environ["PATH"],
             "DVC_NO_ANALYTICS": "1",
             "PYTHONPATH": str(self.path),
+            # as `make demo` runs: stages fork from one process that imported torch once (the
+            # in-process path is what every other test, and tests/test_warm.py, compare it to)
+            "PIPELINE_WARM": "1",
         }
 
     def params(self) -> dict:
