@@ -106,9 +106,9 @@ def test_plots_page_renders_offline_in_headless_chromium(workdir):
     dom = subprocess.run([*cmd, "--dump-dom", page.as_uri()], capture_output=True, text=True,
                          timeout=120, check=True).stdout  # fmt: skip
     drawn = re.findall(r'<svg[^>]*class="marks"', dom)  # one per chart Vega drew
-    specs = page_specs(html)  # a plot whose file is absent (no upload yet) is an empty spec
+    specs = page_specs(html)  # a plot whose file is absent (no upload yet) is an empty spec,
     charts = [c for c, spec in specs.items() if spec.get("data", {}).get("values")]
-    assert len(drawn) == len(charts) >= 8, (len(drawn), charts)
+    assert len(drawn) == len(specs) and len(charts) >= 8, (len(drawn), charts)  # drawn empty
     shot = workdir / "page.png"
     subprocess.run([*cmd, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120, check=True)  # fmt: skip

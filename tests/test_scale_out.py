@@ -1,5 +1,5 @@
-"""Work spread through DVC: folds trained on two machines meet on a third through a shared
-remote; a stage whose cmd is `accelerate launch` with two processes."""
+"""Work spread through DVC: folds trained on two machines, each on two processes under
+`accelerate launch`, meet on a third through a shared remote; queued experiments."""
 
 from __future__ import annotations
 
@@ -17,13 +17,22 @@ from tests.test_train_processes import free_port
 pytestmark = pytest.mark.slow
 
 NO_ROUND = {"pseudo": {"enabled": False}, "diagnose": {"enabled": False}, "tta": {"views": []}}
+# --multi_gpu: two processes; without a GPU accelerate makes them CPU processes (gloo)
+LAUNCH = ("accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
+          "--dynamo_backend no --main_process_port {port} -m pipeline")  # fmt: skip
 
 
-def machine(path, comp, remote) -> Project:
+def machine(path, comp, remote, launch: str | None = None) -> Project:
+    """A checkout of the project sharing `remote`; `launch`: the train stages' launcher."""
     proj = Project(path)
     source = {"competition": {"source": "path", "path": str(comp)}}
     proj.set_params(merge(merge(TINY_PARAMS, NO_ROUND), source))
     proj.run(["dvc", "remote", "add", "-d", "shared", str(remote)])
+    if launch:
+        stages = yaml.safe_load((proj.path / "dvc.yaml").read_text())
+        train = stages["stages"]["train"]
+        train["cmd"] = train["cmd"].replace("python -m pipeline", launch)
+        (proj.path / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     return proj
 
 
@@ -32,10 +41,12 @@ def started(out: str) -> list[str]:
 
 
 def test_folds_trained_on_two_machines_are_combined_on_a_third(tmp_path, tiny_comp):
-    remote = tmp_path / "remote"
-    a, b, c = (machine(tmp_path / name, tiny_comp, remote) for name in "abc")
+    remote, launch = tmp_path / "remote", LAUNCH.format(port=free_port())
+    a, b, c = (machine(tmp_path / name, tiny_comp, remote, launch) for name in "abc")
     for proj, fold in ((a, 0), (b, 1)):
-        proj.run(["dvc", "repro", f"train@resnet10t-{fold}"])
+        out = proj.run(["dvc", "repro", f"train@resnet10t-{fold}"]).stdout
+        assert "weights identical on 2 processes" in out and out.count("best epoch") == 1
+        assert f"train@resnet10t-{fold}" not in proj.run(["dvc", "status"]).stdout  # recorded
         proj.run(["dvc", "push", "--run-cache"])
     out = c.run(["dvc", "repro", "--pull", "--allow-missing"]).stdout
     assert not any(s.startswith("train@") for s in started(out)), out
@@ -46,24 +57,6 @@ def test_folds_trained_on_two_machines_are_combined_on_a_third(tmp_path, tiny_co
         theirs = load_file(str(c.path / f"models/resnet10t/fold{fold}/model.safetensors"))
         assert all((mine[k] == theirs[k]).all() for k in mine)  # restored, not retrained
     assert (c.path / "submissions/submission.csv").exists()
-
-
-def test_a_stage_launched_by_accelerate_on_two_processes(tmp_path, tiny_comp):
-    proj = machine(tmp_path / "proj", tiny_comp, tmp_path / "remote")
-    stages = yaml.safe_load((proj.path / "dvc.yaml").read_text())
-    launch = (  # --multi_gpu: two processes; without a GPU, accelerate makes them CPU (gloo)
-        "accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
-        f"--dynamo_backend no --main_process_port {free_port()}"
-    )
-    stages["stages"]["train"]["cmd"] = stages["stages"]["train"]["cmd"].replace(
-        "python -m pipeline", f"{launch} -m pipeline"
-    )
-    (proj.path / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
-    out = proj.run(["dvc", "repro", "train@resnet10t-0"]).stdout
-    assert "weights identical on 2 processes" in out
-    assert out.count("best epoch") == 1  # one writer
-    assert (proj.path / "models/resnet10t/fold0/model.safetensors").exists()
-    assert "train@resnet10t-0" not in proj.run(["dvc", "status"]).stdout  # recorded as done
 
 
 def test_queued_experiments_run_in_parallel(tmp_path, tiny_comp):

@@ -85,7 +85,8 @@ def test_killed_run_resumes_at_the_next_epoch(tmp_path):
 
 
 def test_ctrl_c_prints_one_line_and_no_traceback(tmp_path):
-    env = setup(tmp_path, 200, {"base": {"image_size": 32}, "train": {"epochs": 2}})
+    # epochs to spare after the first: Ctrl-C must land while it still trains
+    env = setup(tmp_path, 200, {"base": {"image_size": 32}, "train": {"epochs": 8}})
     proc = subprocess.Popen(
         TRAIN, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
