@@ -7,6 +7,7 @@ python -m pipeline summary        # CV score, local leaderboard score, submissio
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -78,7 +79,15 @@ def stale_stages() -> list[str]:
         return []
 
 
+def line_buffered() -> None:
+    """Progress lines as they happen, also when the output is a pipe (`dvc repro | tee log`)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(line_buffering=True)
+
+
 def main(argv: list[str]) -> int:
+    line_buffered()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in (*STAGES, "summary"):
         print(__doc__.strip() + "\n\nstages: " + ", ".join(STAGES), file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
