@@ -84,12 +84,19 @@ def test_killed_run_resumes_at_the_next_epoch(tmp_path):
     assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)
 
 
+def terminal_signals() -> None:
+    """Ctrl-C as a terminal delivers it: a suite started in the background by a non-interactive
+    shell runs with SIGINT ignored, and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_prints_one_line_and_no_traceback(tmp_path):
     # epochs to spare after the first: Ctrl-C must land while it still trains
     env = setup(tmp_path, 200, {"base": {"image_size": 32}, "train": {"epochs": 8}})
     proc = subprocess.Popen(
-        TRAIN, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        TRAIN, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=terminal_signals,
+    )  # fmt: skip
     for line in proc.stdout:
         if "epoch   1 [full]" in line:
             proc.send_signal(signal.SIGINT)
