@@ -12,6 +12,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # offline: no version check at import
 COMPETITION = None  # filled in by the export stage
 DATASET = None  # owner/slug of the exported dataset
 INPUT = Path(os.environ.get("KAGGLE_INPUT", "/kaggle/input"))
