@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 
 from pipeline import warm
-from pipeline.files import PipelineError, read_json
-from pipeline.roles import skip_without_torch
+from pipeline.errors import PipelineError  # the client of a warm stage imports no pandas
 
 STAGES = (
     "download",
@@ -36,6 +35,8 @@ STAGES = (
 
 
 def summary() -> None:
+    from pipeline.files import read_json
+
     cv, local = Path("metrics/final.json"), Path("submissions/local_score.json")
     sub = Path("submissions/submission.csv")
     if cv.exists():
@@ -94,11 +95,14 @@ def main(argv: list[str]) -> int:
     try:
         if argv[0] == "summary":
             summary()
-        elif not skip_without_torch(argv[0], argv[1:]):
+        else:
             code = warm.run(argv) if warm.wanted(argv) else None
             if code is not None:  # the warm server ran it (and printed what it had to say)
                 return code
-            importlib.import_module(f"pipeline.stages.{argv[0]}").main(argv[1:])
+            from pipeline.roles import skip_without_torch
+
+            if not skip_without_torch(argv[0], argv[1:]):
+                importlib.import_module(f"pipeline.stages.{argv[0]}").main(argv[1:])
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -18,9 +18,9 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.errors import PipelineError
 
-class PipelineError(Exception):
-    """A problem the user can fix (bad input, bad params): printed as one line, no traceback."""
+__all__ = ["PipelineError"]  # re-exported: stages import it from here
 
 
 def _umask() -> int:
