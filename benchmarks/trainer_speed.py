@@ -40,6 +40,7 @@ def loader(n: int, size: int, batch: int) -> torch.utils.data.DataLoader:
 def plain_loop(name: str, data, epochs: int) -> float:
     torch.manual_seed(0)
     net = timm.create_model(name, pretrained=False, num_classes=10)
+    net = net.to(memory_format=torch.channels_last)  # both sides as the train stage runs it
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=epochs * len(data))
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -60,6 +61,7 @@ def our_loop(name: str, data, valid, epochs: int, tmp: Path) -> tuple[float, flo
     """(images/s over the whole fit, images/s of the training steps alone)."""
     torch.manual_seed(0)
     net = timm.create_model(name, pretrained=False, num_classes=10)
+    net = net.to(memory_format=torch.channels_last)  # both sides as the train stage runs it
     cfg = LoopConfig(
         task="single_label",
         pct_start=0.25,

@@ -130,7 +130,7 @@ def predictor(src: Path, tta: Tta, fold: int):
 
     net, _ = model.load(src)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net = net.to(device, memory_format=torch.channels_last) if device.type == "cuda" else net
+    net = net.to(device, memory_format=torch.channels_last)  # as the train stage runs it
 
     def views(weights: Path, sub: str) -> dict:
         net.load_state_dict(load_file(str(weights)))
