@@ -116,3 +116,23 @@ def test_plots_page_renders_offline_in_headless_chromium(workdir):
     assert im.shape == (2400, 1200)
     dark = int((im < 128).sum())
     assert dark > 5000  # lines, bars, labels: a blank page would have none beyond the title
+
+
+def test_the_vega_bundle_is_kept_per_vl_convert_version_and_rebuilt_when_damaged(
+    tmp_path, monkeypatch
+):
+    import vl_convert
+
+    from pipeline.stages import report
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    real = vl_convert.javascript_bundle
+    monkeypatch.setattr(vl_convert, "javascript_bundle", lambda: calls.append(1) or real())
+    first = report.vega_bundle()
+    kept = tmp_path / "kaggle-image-pipeline" / f"vega-bundle-{vl_convert.__version__}.js"
+    assert kept.read_text(encoding="utf-8") == first and "window.vegaEmbed" in first
+    assert report.vega_bundle() == first and calls == [1]  # the second page reads the file
+    kept.write_text("window.vega = (function(){", encoding="utf-8")  # not a whole bundle
+    assert report.vega_bundle() == first and calls == [1, 1]
+    assert kept.read_text(encoding="utf-8") == first
