@@ -183,6 +183,8 @@ def _import_stages() -> None:
         importlib.import_module(f"pipeline.stages.{stage}")
     with contextlib.suppress(ImportError):
         import pytorch_grad_cam  # noqa: F401
+    with contextlib.suppress(ImportError):  # dvclive's Live() imports it: 0.8 s every training
+        import dvc.repo  # noqa: F401
 
 
 def _fork_child(conn: socket.socket, listener: socket.socket) -> None:
