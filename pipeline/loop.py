@@ -10,16 +10,13 @@ a killed stage rerun with the same params resumes at the next epoch.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import pickle
-import queue
 import random
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -325,8 +322,7 @@ def fit(
             _train_mode(phase, net)
             seen, loss_sum, started, step_lrs = 0, 0.0, time.perf_counter(), []
             desc = f"{phase.name} epoch {epoch + 1}/{total}"
-            source = ahead(loader) if loader.num_workers == 0 and acc.num_processes == 1 else loader
-            batches = progress(source, len(loader), desc, "batch", acc.is_main_process)
+            batches = progress(loader, len(loader), desc, "batch", acc.is_main_process)
             waited, asked = 0.0, time.perf_counter()  # time spent waiting for the next batch
             for i, batch in enumerate(batches):
                 waited += time.perf_counter() - asked
@@ -377,49 +373,6 @@ def fit(
             acc.wait_for_everyone()
             log(row)
     return hist
-
-
-def ahead(batches: Iterable, depth: int = 2) -> Iterator:
-    """The batches, made by a thread `depth` batches ahead of the caller.
-
-    Without loader workers the next batch is otherwise decoded and augmented only after the step,
-    and on 2 CPU cores the step leaves a core partly idle: the demo's teachers waited 13-17% of
-    an epoch for data, 4-6% with this. The batches are those of the plain loop, in its order (the
-    augmentation is seeded by batch indices, the sampler drew its order before the first batch).
-    An error in the thread is raised here; a caller that stops early (an error, Ctrl-C) stops it.
-    """
-    made: queue.Queue = queue.Queue(depth)
-    stop, done = threading.Event(), object()
-
-    def put(item: tuple) -> bool:  # False: the caller has stopped
-        while not stop.is_set():
-            with contextlib.suppress(queue.Full):
-                made.put(item, timeout=0.1)
-                return True
-        return False
-
-    def make() -> None:
-        try:
-            for batch in batches:
-                if not put((batch, None)):
-                    return
-            put((done, None))
-        except BaseException as e:  # noqa: BLE001 (handed to the caller, raised there)
-            put((done, e))
-
-    thread = threading.Thread(target=make, name="batches-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            batch, error = made.get()
-            if error is not None:
-                raise error
-            if batch is done:
-                return
-            yield batch
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _save_checkpoint(path: Path, key: dict | str, phase: str, model, opt, hist: History) -> None:

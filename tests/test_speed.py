@@ -100,31 +100,3 @@ def test_the_numpy_tail_is_albumentations_normalize_and_to_tensor_exactly():
         assert got.dtype == torch.float32 and got.shape == (3, 17, 23)
         assert got.is_contiguous()
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
-
-
-def test_batches_made_ahead_are_the_loaders_in_order_and_errors_and_early_stops_reach_it():
-    import threading
-
-    from pipeline.loop import ahead
-
-    def alive() -> int:
-        return sum(t.name == "batches-ahead" for t in threading.enumerate())
-
-    loader = torch.utils.data.DataLoader(Slow(0.0), batch_size=16, shuffle=True)
-    torch.manual_seed(3)
-    plain = [b[0] for b in loader]  # shuffled: the order comes from torch's RNG
-    torch.manual_seed(3)
-    made = [b[0] for b in ahead(loader)]
-    assert len(made) == len(plain) == 4 and alive() == 0
-    assert all(torch.equal(a, b) for a, b in zip(made, plain, strict=True))
-
-    def broken():
-        yield 1
-        raise ValueError("image 7: cannot decode")
-
-    with pytest.raises(ValueError, match="image 7"):
-        list(ahead(broken()))
-    made = ahead(iter(range(1000)))
-    assert next(made) == 0 and alive() == 1  # two more are waiting in the queue
-    made.close()  # what an error or Ctrl-C in the training step does to the generator
-    assert alive() == 0
