@@ -164,6 +164,11 @@ def test_batch_size_auto_gives_enough_steps_per_epoch():
     assert train.batch_size("auto", 480) == 16  # 30 steps of 16 rather than 7 of 64
     assert train.batch_size("auto", 80) == 8  # a tiny competition: never below 8
     assert train.batch_size(48, 80) == 48
+    # a student's epoch passes over the labeled rows; pseudolabels top up every batch
+    assert train.batch_size("auto", 920, ratio=3) == 64  # 19 steps of 48 labeled + 16 pseudo
+    assert train.batch_size("auto", 600, ratio=3) == 32  # 12 steps of 48 + 16: too few
+    assert train.batch_size("auto", 920, ratio=2) == 64  # 43 labeled + 21 pseudo: 21 steps
+    assert train.batch_size(48, 920, ratio=3) == 48
 
 
 def test_sizes_must_end_at_the_input_size():

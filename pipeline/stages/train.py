@@ -248,7 +248,9 @@ def build_model(p: Params, name: str, n_classes: int, spec: Spec) -> nn.Module:
     return net
 
 
-def fold_data(p: Params, index: Index, net: nn.Module, fold: int, acc) -> FoldData:
+def fold_data(
+    p: Params, index: Index, net: nn.Module, fold: int, acc, ratio: float | None = None
+) -> FoldData:  # ratio: a student's pseudo:labeled mix, when it has pseudolabels
     task = index.meta.get("task", "single_label")
     check_task_settings(p.train, task)
     train_rows, valid_rows = fold_rows(index, read_folds(), fold)
@@ -262,9 +264,10 @@ def fold_data(p: Params, index: Index, net: nn.Module, fold: int, acc) -> FoldDa
         )
     targets = encode_labels(index.train["label"].iloc[train_rows], index.classes, task)
     norm = model.data_config(net, p.model.mean, p.model.std)
-    batch = batch_size(p.train.batch_size, len(train_rows))
+    batch = batch_size(p.train.batch_size, len(train_rows), ratio)
     if p.train.batch_size == "auto":
-        acc.print(f"train.batch_size: auto -> {batch} for {len(train_rows)} training rows")
+        mix = "" if ratio is None else f" (+ {pseudo_share(batch, ratio)} pseudolabeled a batch)"
+        acc.print(f"train.batch_size: auto -> {batch} for {len(train_rows)} training rows{mix}")
     gpu = torch.cuda.is_available()  # as run() picks the device
     workers = loader_workers(p.train.num_workers, cache is not None, gpu, os.cpu_count() or 1)
     return FoldData(index, task, train_rows, valid_rows, targets, size, sizes, batch, norm,
@@ -282,14 +285,20 @@ def loader_workers(setting: int | str, cached: bool, gpu: bool, cpus: int) -> in
     return 0 if cached or cpus <= 2 else min(4, cpus // 2)
 
 
-def batch_size(setting: int | str, rows: int) -> int:
-    """`auto`: 64, halved (not below 8) until an epoch has at least AUTO_STEPS optimizer steps."""
+def batch_size(setting: int | str, rows: int, ratio: float | None = None) -> int:
+    """`auto`: 64, halved (not below 8) until an epoch has at least AUTO_STEPS optimizer steps.
+    A student's epoch (`ratio`: pseudo:labeled = 1:ratio) is one pass over the labeled rows, each
+    batch topped up with pseudolabels: at 1:3 a batch of 64 takes 48 of them."""
     if setting != "auto":
         return int(setting)
     batch = 64
-    while batch > 8 and rows // batch < AUTO_STEPS:
+    while batch > 8 and rows // (batch - pseudo_share(batch, ratio)) < AUTO_STEPS:
         batch //= 2
     return batch
+
+
+def pseudo_share(batch: int, ratio: float | None) -> int:
+    return 0 if ratio is None else pseudo_per_batch(batch, ratio)
 
 
 def epoch_size(sizes: list[int], epoch: int, total: int) -> int:
@@ -612,7 +621,8 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     set_seed(p.base.seed + fold)
     index = read_index()
     net = build_model(p, name, len(index.classes), spec)
-    d = fold_data(p, index, net, fold, acc)
+    mixed = spec.pseudo is not None and len(spec.pseudo) > 0
+    d = fold_data(p, index, net, fold, acc, spec.mix.ratio if mixed else None)
     weights = class_weights(d.targets, len(index.classes), p.train.class_weights,
                             p.train.effective_beta)  # fmt: skip
     if weights is not None:
