@@ -158,16 +158,18 @@ def test_epochs_split_evenly_over_the_sizes():
     assert train.epoch_size([32], 5, 6) == 32
 
 
-def test_batch_size_auto_gives_enough_steps_per_epoch():
-    assert train.batch_size("auto", 2000) == 64  # 31 steps of 64
-    assert train.batch_size("auto", 920) == 32  # the demo: 28 steps of 32, not 14 of 64
-    assert train.batch_size("auto", 480) == 16  # 30 steps of 16 rather than 7 of 64
-    assert train.batch_size("auto", 80) == 8  # a tiny competition: never below 8
+def test_batch_size_auto_gives_enough_steps_per_epoch_and_in_all():
+    assert train.batch_size("auto", 2000, epochs=10) == 64  # 31 steps of 64
+    assert train.batch_size("auto", 920) == 56  # 16 steps of 56 an epoch, not 14 of 64
+    assert train.batch_size("auto", 920, epochs=10) == 40  # the demo: 23 steps, 230 in all
+    assert train.batch_size("auto", 480, epochs=10) == 24  # 20 steps of 24, 200 in all
+    assert train.batch_size("auto", 80, epochs=10) == 8  # a tiny competition: never below 8
     assert train.batch_size(48, 80) == 48
     # a student's epoch passes over the labeled rows; pseudolabels top up every batch
     assert train.batch_size("auto", 920, ratio=3) == 64  # 19 steps of 48 labeled + 16 pseudo
-    assert train.batch_size("auto", 600, ratio=3) == 32  # 12 steps of 48 + 16: too few
+    assert train.batch_size("auto", 600, ratio=3) == 48  # 16 steps of 36 + 12
     assert train.batch_size("auto", 920, ratio=2) == 64  # 43 labeled + 21 pseudo: 21 steps
+    assert train.batch_size("auto", 920, ratio=3, epochs=3) == 16  # from scratch: 76 x 3 steps
     assert train.batch_size(48, 920, ratio=3) == 48
 
 

@@ -61,7 +61,7 @@ from pipeline.loop import LoopConfig, Phase, fit
 from pipeline.params import Params, Pseudo, Train, Tta, load_params
 from pipeline.roles import DISABLED, PLAIN, STUDENT, TEACHER, Role, write_skips
 
-AUTO_STEPS = 16  # train.batch_size: auto halves the batch until an epoch has this many steps
+AUTO_STEPS = 16  # train.batch_size: auto lowers the batch until an epoch has this many steps
 MIN_STEPS = 200  # fewer optimizer steps in all than this prints a warning
 SECTIONS = ("base", "model", "head", "lr_find", "train", "augment")  # what shapes the weights
 PSEUDO = Path("pseudo")
@@ -249,8 +249,8 @@ def build_model(p: Params, name: str, n_classes: int, spec: Spec) -> nn.Module:
 
 
 def fold_data(
-    p: Params, index: Index, net: nn.Module, fold: int, acc, ratio: float | None = None
-) -> FoldData:  # ratio: a student's pseudo:labeled mix, when it has pseudolabels
+    p: Params, index: Index, net: nn.Module, fold: int, acc, spec: Spec | None = None
+) -> FoldData:  # spec: what the batch size is chosen for (None: an epoch's steps alone)
     task = index.meta.get("task", "single_label")
     check_task_settings(p.train, task)
     train_rows, valid_rows = fold_rows(index, read_folds(), fold)
@@ -264,7 +264,10 @@ def fold_data(
         )
     targets = encode_labels(index.train["label"].iloc[train_rows], index.classes, task)
     norm = model.data_config(net, p.model.mean, p.model.std)
-    batch = batch_size(p.train.batch_size, len(train_rows), ratio)
+    mixed = spec is not None and spec.pseudo is not None and len(spec.pseudo) > 0
+    ratio = spec.mix.ratio if mixed else None
+    epochs = spec.head_epochs + spec.epochs if spec is not None and spec.init is None else None
+    batch = batch_size(p.train.batch_size, len(train_rows), ratio, epochs)
     if p.train.batch_size == "auto":
         mix = "" if ratio is None else f" (+ {pseudo_share(batch, ratio)} pseudolabeled a batch)"
         acc.print(f"train.batch_size: auto -> {batch} for {len(train_rows)} training rows{mix}")
@@ -285,16 +288,21 @@ def loader_workers(setting: int | str, cached: bool, gpu: bool, cpus: int) -> in
     return 0 if cached or cpus <= 2 else min(4, cpus // 2)
 
 
-def batch_size(setting: int | str, rows: int, ratio: float | None = None) -> int:
-    """`auto`: 64, halved (not below 8) until an epoch has at least AUTO_STEPS optimizer steps.
-    A student's epoch (`ratio`: pseudo:labeled = 1:ratio) is one pass over the labeled rows, each
-    batch topped up with pseudolabels: at 1:3 a batch of 64 takes 48 of them."""
+def batch_size(
+    setting: int | str, rows: int, ratio: float | None = None, epochs: int | None = None
+) -> int:
+    """`auto`: the largest multiple of 8 up to 64 whose epoch has at least AUTO_STEPS optimizer
+    steps and, for a model that starts from scratch or hub weights (trained `epochs` in all),
+    whose run has at least MIN_STEPS; 8 when none has. A student's epoch (`ratio`: pseudo:labeled
+    = 1:ratio) is one pass over the labeled rows, each batch topped up with pseudolabels: at 1:3
+    a batch of 64 takes 48 of them."""
     if setting != "auto":
         return int(setting)
-    batch = 64
-    while batch > 8 and rows // (batch - pseudo_share(batch, ratio)) < AUTO_STEPS:
-        batch //= 2
-    return batch
+    for batch in range(64, 8, -8):
+        steps = rows // (batch - pseudo_share(batch, ratio))
+        if steps >= AUTO_STEPS and (epochs is None or steps * epochs >= MIN_STEPS):
+            return batch
+    return 8
 
 
 def pseudo_share(batch: int, ratio: float | None) -> int:
@@ -621,8 +629,7 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     set_seed(p.base.seed + fold)
     index = read_index()
     net = build_model(p, name, len(index.classes), spec)
-    mixed = spec.pseudo is not None and len(spec.pseudo) > 0
-    d = fold_data(p, index, net, fold, acc, spec.mix.ratio if mixed else None)
+    d = fold_data(p, index, net, fold, acc, spec)
     weights = class_weights(d.targets, len(index.classes), p.train.class_weights,
                             p.train.effective_beta)  # fmt: skip
     if weights is not None:
