@@ -3,6 +3,8 @@ sampler and the albumentations transforms. The index itself lives in `pipeline.i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import albumentations as A
 import cv2
 import numpy as np
@@ -62,6 +64,57 @@ class Seeded(torch.utils.data.Dataset):
         state = np.random.SeedSequence([self.seed, *map(int, indices)]).generate_state(1)[0]
         self.transform.set_random_seed(int(state))
         return [self.dataset[i] for i in indices]
+
+
+class EpochData(torch.utils.data.Dataset):
+    """Every epoch of a run through one DataLoader, so that its workers persist (they are forked
+    once, not once an epoch): `build(epoch, total)` makes that epoch's dataset (its augmentation
+    strength, image size and seed). `at` writes the epoch into shared memory before its pass, and
+    each process, a worker or the main one, rebuilds its own copy when it sees a new one."""
+
+    def __init__(self, build: Callable[[int, int], torch.utils.data.Dataset]) -> None:
+        self.build = build
+        self.when = torch.zeros(2, dtype=torch.int64).share_memory_()  # (epoch, total)
+        self.built: tuple[tuple[int, int], torch.utils.data.Dataset] | None = None
+
+    def at(self, epoch: int, total: int) -> None:
+        self.when[0], self.when[1] = epoch, total
+
+    @property
+    def dataset(self) -> torch.utils.data.Dataset:
+        when = (int(self.when[0]), int(self.when[1]))
+        if self.built is None or self.built[0] != when:
+            self.built = when, self.build(*when)
+        return self.built[1]
+
+    def __len__(self) -> int:  # every epoch has the same items, only their transforms differ
+        return len(self.built[1] if self.built is not None else self.dataset)
+
+    def __getitem__(self, i: int):
+        return self.dataset[i]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        return self.dataset.__getitems__(indices)
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """EpochData's batch sampler: each pass yields the batches of the epoch set there."""
+
+    def __init__(self, data: EpochData, batches: Callable[[int, int], list[list[int]]]) -> None:
+        self.data, self.batches = data, batches
+        self.made: tuple[tuple[int, int], list[list[int]]] | None = None
+
+    def current(self) -> list[list[int]]:
+        when = (int(self.data.when[0]), int(self.data.when[1]))
+        if self.made is None or self.made[0] != when:
+            self.made = when, self.batches(*when)
+        return self.made[1]
+
+    def __iter__(self):
+        return iter(self.current())
+
+    def __len__(self) -> int:
+        return len(self.current())
 
 
 def class_weights(targets: np.ndarray, n_classes: int, kind: str, beta: float) -> np.ndarray | None:

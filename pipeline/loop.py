@@ -39,11 +39,24 @@ class Phase:
     epochs: int
     module: nn.Module  # what the batches go through: the model, or its classifier alone
     groups: list[dict]  # optimizer groups: {"name", "params", "lr" (peak), "weight_decay"}
-    train_loader: Callable[[int, int], Loader]  # (epoch, total epochs) -> loader
+    train_loader: Callable[[int, int], Loader]  # (epoch, total epochs) -> loader (maybe the same)
     valid_loader: Loader
     schedule: str = "one_cycle"  # one_cycle | sgdr
     find_lr: bool = False  # run the LR range test first and scale every group's peak LR to it
     frozen_bn: list[nn.Module] = field(default_factory=list)  # kept in eval mode: stats fixed
+
+
+class Prepared:
+    """acc.prepare, once per loader: a loader handed back every epoch (train.train_loaders) keeps
+    one prepared wrapper, hence its persistent workers, from the LR range test to the last epoch."""
+
+    def __init__(self, acc: Accelerator) -> None:
+        self.acc, self.raw, self.ready = acc, None, None
+
+    def __call__(self, loader: Loader) -> Loader:
+        if loader is not self.raw:
+            self.raw, self.ready = loader, self.acc.prepare(loader)
+        return self.ready
 
 
 @dataclass(frozen=True)
@@ -192,8 +205,9 @@ def evaluate(net: nn.Module, loader: Loader, acc: Accelerator, loss_fn: nn.Modul
 
 
 def lr_range_test(
-    phase: Phase, net: nn.Module, opt, loss_fn: nn.Module, acc: Accelerator, lf: LrFind
-) -> tuple[list[float], list[float]]:
+    phase: Phase, net: nn.Module, opt, loss_fn: nn.Module, acc: Accelerator, lf: LrFind,
+    prepare: Callable[[Loader], Loader] | None = None,  # fit's Prepared; else acc.prepare
+) -> tuple[list[float], list[float]]:  # fmt: skip
     """Exponential LR sweep over training batches; returns (lrs, smoothed losses).
 
     Every group moves with the same factor (differential ratios kept). Stops once the smoothed
@@ -209,7 +223,7 @@ def lr_range_test(
         try:
             batch = next(batches)
         except StopIteration:
-            batches = iter(acc.prepare(phase.train_loader(0, max(1, phase.epochs))))
+            batches = iter((prepare or acc.prepare)(phase.train_loader(0, max(1, phase.epochs))))
             batch = next(batches)
         lr = schedules.lr_sweep(step, lf.steps, lf.start, lf.end)
         for g, r in zip(opt.param_groups, ratios, strict=True):
@@ -284,7 +298,7 @@ def fit(
             on_lr_find(phase_name, lrs, losses, chosen)  # the stage's outputs were wiped too
         for row in hist.rows:
             log(row)
-    loss_fn = loss_function(cfg, acc.device)
+    loss_fn, prepare = loss_function(cfg, acc.device), Prepared(acc)
     total, end = sum(p.epochs for p in phases), 0
     for phase in phases:
         first, end = end, end + phase.epochs
@@ -304,7 +318,7 @@ def fit(
         if phase.name not in hist.lrs:
             peaks = [g["lr"] for g in phase.groups]
             if phase.find_lr:
-                lrs, losses = lr_range_test(phase, net, opt, loss_fn, acc, cfg.lr_find)
+                lrs, losses = lr_range_test(phase, net, opt, loss_fn, acc, cfg.lr_find, prepare)
                 chosen = schedules.suggest_lr(lrs, losses, cfg.lr_find.suggestion)
                 peaks = [p * chosen / max(peaks) for p in peaks]
                 acc.print(f"LR range test ({phase.name}): {cfg.lr_find.suggestion} {chosen:.3g}")
@@ -315,7 +329,7 @@ def fit(
         cycle_ends = schedules.sgdr_cycle_ends(phase.epochs, cfg.cycle_len, cfg.cycle_mult)
         spe = None  # steps per epoch: the same rows and batch size every epoch of a phase
         for epoch in range(max(first, start), end):
-            loader = acc.prepare(phase.train_loader(epoch, total))
+            loader = prepare(phase.train_loader(epoch, total))
             spe = spe or len(loader)
             if len(loader) != spe:  # image size may change; the steps may not
                 raise RuntimeError(f"epoch {epoch + 1}: {len(loader)} steps, not {spe}")

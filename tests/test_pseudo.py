@@ -287,7 +287,7 @@ def test_student_of_fold_k_never_trains_on_fold_k_validation_rows(workdir):
     index = read_index()
     d = train.fold_data(p, index, model.create("resnet10t", 3, False), 0, None)
     loader = train.train_loaders(p, spec, d, 0)(0, 2)
-    labeled_part, pseudo_part = loader.dataset.dataset.datasets
+    labeled_part, pseudo_part = loader.dataset.dataset.dataset.datasets  # EpochData, Seeded
     _, valid = fold_rows(index, read_folds(), 0)
     trained = set(labeled_part.images.rows.tolist())
     assert trained == set(d.train_rows.tolist()) and not trained & set(valid.tolist())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -11,13 +12,15 @@ import timm
 import torch
 import yaml
 from accelerate import Accelerator
+from safetensors.torch import load_file
 
 from pipeline.index import load_image, read_index, resize
 from pipeline.loop import LoopConfig, Phase, fit
-from pipeline.params import LrFind, Prepare
+from pipeline.params import LrFind, Prepare, parse_params
+from pipeline.stages import train
 from pipeline.stages.prepare import run as prepare
 from pipeline.stages.train import loader_workers
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_params
 from tests.layout_fixtures import competition
 
 
@@ -100,3 +103,35 @@ def test_the_numpy_tail_is_albumentations_normalize_and_to_tensor_exactly():
         assert got.dtype == torch.float32 and got.shape == (3, 17, 23)
         assert got.is_contiguous()
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_loader_workers_are_forked_once_and_serve_every_epoch_its_own_data(workdir, monkeypatch):
+    """Two workers for a whole run (a head epoch, the LR range test, two full epochs): forked
+    once, each rebuilds the dataset at every new epoch (its augmentation strength, size and seed),
+    and the weights are those of a run without workers."""
+    built = workdir / "built.txt"
+    made = train.epoch_dataset
+
+    def recording(p, spec, d, fold, epoch, total):
+        who = os.getpid() if torch.utils.data.get_worker_info() else "main"
+        with built.open("a") as f:
+            f.write(f"{who} {epoch} {total}\n")
+        return made(p, spec, d, fold, epoch, total)
+
+    monkeypatch.setattr(train, "epoch_dataset", recording)
+    weights = []
+    for workers in (2, 0):
+        built.unlink(missing_ok=True)
+        over = {"train": {"num_workers": workers, "epochs": 2, "lr": "auto"}, "head": {"epochs": 1}}
+        train.run(parse_params(tiny_params(over)), "resnet10t", 0)
+        weights.append(load_file("models/resnet10t/fold0/model.safetensors"))
+        rows = [line.split() for line in built.read_text().splitlines()]
+        by_process = {who: [(int(e), int(t)) for w, e, t in rows if w == who] for who, _, _ in rows}
+        each = [(0, 3), (0, 2), (1, 3), (2, 3)]  # (epoch, total): head, range test, full, full
+        if workers == 0:
+            assert by_process == {"main": each}
+        else:  # the main process builds epoch 1 for its length; the workers fork with it built
+            assert by_process.pop("main") == each[:1]
+            assert len(by_process) == workers  # not forked again for each epoch
+            assert all(built == each[1:] for built in by_process.values())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -31,6 +31,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,8 @@ from torch import nn
 
 from pipeline import curves, metrics, model, schedules
 from pipeline.data import (
+    EpochBatches,
+    EpochData,
     Seeded,
     Weighted,
     balanced_sampler,
@@ -329,55 +332,64 @@ def check_steps(spec: Spec, d: FoldData, acc: Accelerator) -> None:
         )
 
 
-def mixed_loader(p: Params, spec: Spec, d: FoldData, labeled, tf, epoch: int, seed: int):
-    """A student's epoch: every batch pseudo:labeled = 1:pseudo.ratio, item weights attached."""
-    ps, tc, n_classes = spec.mix, p.train, len(d.index.classes)
-    positions = pd.Series(np.arange(len(d.index.test)), index=d.index.test["id"])
-    rows = positions.loc[spec.pseudo["id"]].to_numpy()
-    pseudo = split_dataset(d.index, "test", rows, tf, labeled.size)
-    lab_targets = d.targets if d.targets.ndim == 2 else np.eye(n_classes)[d.targets]
-    weight = schedules.rampup(epoch, ps.weight_rampup, ps.weight)
-    ds = torch.utils.data.ConcatDataset(
-        [
-            Weighted(labeled, lab_targets, 1.0),
-            Weighted(pseudo, spec.pseudo[d.index.classes].to_numpy(), weight),
-        ]
-    )
-    if tc.sampler == "balanced":
-        order = np.array(list(balanced_sampler(d.targets, seed)))
-    else:
-        order = np.random.default_rng(seed).permutation(len(labeled))
-    batches = mixed_batches(order, len(pseudo), d.batch, ps.ratio, seed + 1)
-    return Loader(Seeded(ds, tf, seed), batch_sampler=batches, num_workers=d.workers,
-                  pin_memory=d.pin)  # fmt: skip
-
-
 def train_loaders(p: Params, spec: Spec, d: FoldData, fold: int) -> Callable[[int, int], Loader]:
-    """(epoch, total epochs) -> that epoch's loader at its scheduled augmentation strength and
-    image size (epoch_strength, epoch_size)."""
-    tc = p.train
+    """(epoch, total epochs) -> the training loader at that epoch. It is one DataLoader for the
+    whole run (EpochData), so that its workers persist; each epoch has its scheduled augmentation
+    strength and image size (epoch_dataset) and its own shuffle (epoch_batches)."""
+    data = EpochData(partial(epoch_dataset, p, spec, d, fold))
+    loader = Loader(
+        data,
+        batch_sampler=EpochBatches(data, partial(epoch_batches, p, spec, d, fold)),
+        num_workers=d.workers,
+        pin_memory=d.pin,
+        persistent_workers=d.workers > 0,
+        generator=torch.Generator().manual_seed(p.base.seed),  # workers' base seed: not global
+    )
 
-    def loader(epoch: int, total: int) -> Loader:
-        strength = epoch_strength(p.augment, epoch, total)
-        seed = epoch_seed(p.base.seed, fold, epoch)
-        tf = build_transforms("train", strength, p.augment, **d.norm, seed=seed)
-        size = epoch_size(d.sizes, epoch, total)
-        ds = split_dataset(d.index, "train", d.train_rows, tf, size)
-        if spec.pseudo is not None:
-            return mixed_loader(p, spec, d, ds, tf, epoch, seed)
-        sampler = balanced_sampler(d.targets, seed) if tc.sampler == "balanced" else None
-        return Loader(
-            Seeded(ds, tf, seed),
-            batch_size=d.batch,
-            shuffle=sampler is None,
-            sampler=sampler,
-            generator=torch.Generator().manual_seed(seed),
-            drop_last=len(ds) > d.batch,
-            num_workers=d.workers,
-            pin_memory=d.pin,
+    def at(epoch: int, total: int) -> Loader:
+        data.at(epoch, total)
+        return loader
+
+    return at
+
+
+def epoch_dataset(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, total: int):
+    """One epoch's training items; a student's are mixed with pseudolabels, weights attached."""
+    strength = epoch_strength(p.augment, epoch, total)
+    seed = epoch_seed(p.base.seed, fold, epoch)
+    tf = build_transforms("train", strength, p.augment, **d.norm, seed=seed)
+    ds = split_dataset(d.index, "train", d.train_rows, tf, epoch_size(d.sizes, epoch, total))
+    if spec.pseudo is not None:
+        positions = pd.Series(np.arange(len(d.index.test)), index=d.index.test["id"])
+        rows = positions.loc[spec.pseudo["id"]].to_numpy()
+        pseudo = split_dataset(d.index, "test", rows, tf, ds.size)
+        n_classes = len(d.index.classes)
+        targets = d.targets if d.targets.ndim == 2 else np.eye(n_classes)[d.targets]
+        weight = schedules.rampup(epoch, spec.mix.weight_rampup, spec.mix.weight)
+        ds = torch.utils.data.ConcatDataset(
+            [
+                Weighted(ds, targets, 1.0),
+                Weighted(pseudo, spec.pseudo[d.index.classes].to_numpy(), weight),
+            ]
         )
+    return Seeded(ds, tf, seed)
 
-    return loader
+
+def epoch_batches(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, total: int):
+    """One epoch's index batches: a shuffle (or class-balanced draws) of the training rows; for
+    a student, each batch topped up with pseudolabels, pseudo:labeled = 1:pseudo.ratio."""
+    seed, n = epoch_seed(p.base.seed, fold, epoch), len(d.train_rows)
+    if p.train.sampler == "balanced":
+        order = list(balanced_sampler(d.targets, seed))
+    elif spec.pseudo is not None:
+        order = np.random.default_rng(seed).permutation(n).tolist()
+    else:
+        g = torch.Generator().manual_seed(seed)
+        torch.empty((), dtype=torch.int64).random_(generator=g)  # as DataLoader(shuffle) drew it
+        order = torch.randperm(n, generator=g).tolist()
+    if spec.pseudo is not None:
+        return mixed_batches(np.array(order), len(spec.pseudo), d.batch, spec.mix.ratio, seed + 1)
+    return list(torch.utils.data.BatchSampler(order, d.batch, drop_last=n > d.batch))
 
 
 def precomputed_head(p: Params, head: Phase, net: nn.Module, d: FoldData, fold, acc) -> None:
@@ -452,7 +464,9 @@ def valid_loader(p: Params, d: FoldData, acc: Accelerator) -> Loader:
     """Fold k's validation rows with their real labels, never a pseudolabel."""
     plain = build_transforms("valid", 0, None, **d.norm)
     ds = split_dataset(d.index, "train", d.valid_rows, plain, d.size)
-    return acc.prepare(Loader(ds, batch_size=d.batch * 2, num_workers=d.workers, pin_memory=d.pin))
+    loader = Loader(ds, batch_size=d.batch * 2, num_workers=d.workers, pin_memory=d.pin,
+                    persistent_workers=d.workers > 0)  # fmt: skip
+    return acc.prepare(loader)
 
 
 class Recorder:
