@@ -10,8 +10,8 @@ Rows (not a test: a shared machine is noisy, so each side of a ratio is measured
    at full strength) against the trainer's steps at the same size and batch (goal >= 4);
 3. head phase without ÷ with `head.precompute` (goal >= 5);
 4. TTA: rows/s of predict with the plain prediction and each view;
-5. peak memory (PSS, the process and its workers) of a training epoch with 1 and 2 loader
-   workers, against one batch of decoded images;
+5. peak memory of a training run with 1 and 2 loader workers (the process and its workers:
+   PSS, and private memory, USS), against one batch of decoded images;
 6. the demo's `dvc repro` in a fresh copy of the project, as `make demo` runs it (warm start):
    wall time in all and per stage.
 """
@@ -126,25 +126,26 @@ def tta_rates(size: int) -> None:
         row(f"TTA rows/s, plain + {view}", f"{rate:.0f}")
 
 
-def peak_pss(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
-    """(peak PSS of a command and all its children, the largest private memory (USS) one child
-    reached), MiB, sampled every 20 ms. PSS splits shared pages among the processes mapping them,
-    so it also moves with processes outside the command; a loader worker's USS is its own cost."""
+def peak_memory(cmd: list[str], cwd: Path, env: dict) -> dict[str, float]:
+    """Peaks of a command and all its children, MiB, sampled every 20 ms: `pss`, the sum of their
+    PSS; `uss`, the sum of their private memory (USS); `worker`, the largest USS one child reached.
+    PSS splits shared pages (libraries, the memory-mapped cache) among every process mapping them,
+    so it also moves with processes outside the command; USS leaves shared pages out, and it is
+    what one more worker adds."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
-    top, child, parent = 0.0, 0.0, psutil.Process(proc.pid)
+    top, parent = {"pss": 0.0, "uss": 0.0, "worker": 0.0}, psutil.Process(proc.pid)
 
     def sample() -> None:
-        nonlocal top, child
         while proc.poll() is None:
-            total = 0
+            pss = uss = 0
             for pr in [parent, *parent.children(recursive=True)]:
                 with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                     info = pr.memory_full_info()
-                    total += info.pss
+                    pss, uss = pss + info.pss, uss + info.uss
                     if pr is not parent:
-                        child = max(child, info.uss / 2**20)
-            top = max(top, total / 2**20)
+                        top["worker"] = max(top["worker"], info.uss / 2**20)
+            top["pss"], top["uss"] = max(top["pss"], pss / 2**20), max(top["uss"], uss / 2**20)
             time.sleep(0.02)
 
     t = threading.Thread(target=sample)
@@ -153,7 +154,7 @@ def peak_pss(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
     t.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed")
-    return top, child
+    return top
 
 
 def memory_by_workers(tmp: Path) -> None:
@@ -169,13 +170,15 @@ def memory_by_workers(tmp: Path) -> None:
     for workers in (1, 2):
         proj.set_params({"train": {"num_workers": workers}})
         cmd = [sys.executable, "-m", "pipeline", "train", "--model", "resnet10t", "--fold", "0"]
-        peaks[workers] = peak_pss(cmd, proj.path, env)
+        peaks[workers] = peak_memory(cmd, proj.path, env)
     size = p["prepare"]["cache_size"]
     batch_mib = 64 * size * size * 3 / 2**20
-    grew = peaks[2][0] - peaks[1][0]
-    row("peak memory, 1 / 2 loader workers", f"{peaks[1][0]:.0f} / {peaks[2][0]:.0f} MiB PSS "
-        f"(+{grew:.0f} MiB; a worker's own memory (USS) at most {peaks[2][1]:.0f} MiB; one batch "
-        f"of decoded images: {batch_mib:.1f} MiB)")  # fmt: skip
+    one, two = peaks[1], peaks[2]
+    row("peak memory, 1 / 2 loader workers", f"{one['pss']:.0f} / {two['pss']:.0f} MiB PSS "
+        f"(+{two['pss'] - one['pss']:.0f}); private (USS) {one['uss']:.0f} / {two['uss']:.0f} "
+        f"MiB (+{two['uss'] - one['uss']:.0f}); one worker's USS at most {two['worker']:.0f} MiB "
+        "(a training and a validation worker persist for each worker); one batch of decoded "
+        f"images: {batch_mib:.1f} MiB")  # fmt: skip
 
 
 def demo_stages(tmp: Path) -> None:
