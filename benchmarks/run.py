@@ -110,20 +110,24 @@ def head_ratio(tmp: Path) -> None:
         "(goal >= 5)")  # fmt: skip
 
 
-def tta_rates(size: int) -> None:
+def tta_rates(size: int, model: str = "resnet10t", rows: int = 1024) -> None:
+    """Rows/s of predict_views per view, on the GPU if there is one (the views run there)."""
     from pipeline.inference import VIEWS, predict_views
 
-    net = timm.create_model("resnet10t", num_classes=10).eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = timm.create_model(model, num_classes=10).eval().to(device)
+    net = net.to(memory_format=torch.channels_last)  # as the predict stage runs it
     data = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(torch.randn(1024, 3, size, size), torch.zeros(1024)),
+        torch.utils.data.TensorDataset(torch.randn(rows, 3, size, size), torch.zeros(rows)),
         batch_size=256,
     )
-    predict_views(net, data, [])  # warm-up
+    predict_views(net, data, [], device=device)  # warm-up
     for view in ["(plain only)", *VIEWS]:
         start = time.perf_counter()
-        predict_views(net, data, [] if view.startswith("(") else [view])
-        rate = 1024 / (time.perf_counter() - start)
-        row(f"TTA rows/s, plain + {view}", f"{rate:.0f}")
+        predict_views(net, data, [] if view.startswith("(") else [view], device=device)
+        rate = rows / (time.perf_counter() - start)
+        what = "plain only" if view.startswith("(") else f"plain + {view}"
+        row(f"TTA rows/s, {model}, {what}", f"{rate:.0f}")
 
 
 def peak_memory(cmd: list[str], cwd: Path, env: dict) -> dict[str, float]:
