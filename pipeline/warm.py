@@ -180,12 +180,14 @@ def serve(path: Path) -> None:
 def _import_stages() -> None:
     import importlib
 
-    for stage in WARM:  # torch, timm, albumentations, accelerate, dvclive, pandas, scikit-learn
+    for stage in WARM:  # torch, timm, albumentations, accelerate, pandas, scikit-learn
         importlib.import_module(f"pipeline.stages.{stage}")
     with contextlib.suppress(ImportError):
         import pytorch_grad_cam  # noqa: F401
-    with contextlib.suppress(ImportError):  # dvclive's Live() imports it: 0.8 s every training
+    # train's Recorder imports dvclive, whose Live() imports dvc.repo: 0.8 s every training stage
+    with contextlib.suppress(ImportError):
         import dvc.repo  # noqa: F401
+        import dvclive  # noqa: F401
 
 
 def _fork_child(conn: socket.socket, listener: socket.socket) -> None:

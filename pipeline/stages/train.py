@@ -39,7 +39,6 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from dvclive import Live
 from safetensors.torch import load_file
 from torch import nn
 
@@ -479,6 +478,8 @@ class Recorder:
         self.title, self.metric, self.acc, self.schedule = title, metric, acc, schedule
         self.live_path, self.ckpt = live_path, ckpt
         self.steps: list[str] = []  # plots/schedule.tsv: the LR of every optimizer step
+        from dvclive import Live  # here: the loaders and the model need neither dvclive nor dvc
+
         self.live = (
             Live(dir=str(live_path), dvcyaml=None, save_dvc_exp=False, report=None)
             if acc.is_main_process
