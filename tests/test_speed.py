@@ -122,7 +122,11 @@ def test_loader_workers_are_forked_once_and_serve_every_epoch_its_own_data(workd
     weights = []
     for workers in (2, 0):
         built.unlink(missing_ok=True)
-        over = {"train": {"num_workers": workers, "epochs": 2, "lr": "auto"}, "head": {"epochs": 1}}
+        over = {
+            "train": {"num_workers": workers, "epochs": 2, "lr": "auto"},
+            "head": {"epochs": 1},
+            "lr_find": {"steps": 12},
+        }  # the range test passes four times over the 3 batches
         train.run(parse_params(tiny_params(over)), "resnet10t", 0)
         weights.append(load_file("models/resnet10t/fold0/model.safetensors"))
         rows = [line.split() for line in built.read_text().splitlines()]

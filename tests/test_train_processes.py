@@ -38,7 +38,7 @@ TRAIN = [sys.executable, "-m", "pipeline", "train", "--model", "resnet10t", "--f
 def test_killed_run_resumes_at_the_next_epoch(tmp_path):
     env = setup(
         tmp_path,
-        600,
+        240,
         {
             "base": {"image_size": 32},
             "prepare": {"cache_size": 32},
@@ -77,7 +77,7 @@ def test_killed_run_resumes_at_the_next_epoch(tmp_path):
     clean = tmp_path / "clean"  # the same run, never interrupted, gives the very same weights
     clean.mkdir()
     shutil.copy(tmp_path / "params.yaml", clean / "params.yaml")
-    write_prepared(clean, n_train=600, size=32)
+    write_prepared(clean, n_train=240, size=32)
     subprocess.run(TRAIN, cwd=clean, env=env, check=True, capture_output=True)
     resumed = load_file(str(tmp_path / "models/resnet10t/fold0/model.safetensors"))
     fresh = load_file(str(clean / "models/resnet10t/fold0/model.safetensors"))
