@@ -208,13 +208,13 @@ def write_blend(index: Index, metric: str, b: Blend, names, out: Path, confusion
         decision["thresholds"] = {
             c: float(t) for c, t in zip(index.classes, b.thresholds, strict=True)
         }
+    targets = encode_labels(index.train["label"], index.classes, index.meta["task"])
+    pairs = metrics.confusion_pairs(b.oof.to_numpy(), targets, index.classes, metric,
+                                    b.row_thresholds)  # fmt: skip
     with atomic_dir(out) as tmp:  # the three files appear together or not at all
         write_csv(tmp / "oof.csv", b.oof.rename_axis("id").reset_index())
         write_csv(tmp / "test.csv", b.test.rename_axis("id").reset_index())
         write_json(tmp / "thresholds.json", decision)
-    targets = encode_labels(index.train["label"], index.classes, index.meta["task"])
-    pairs = metrics.confusion_pairs(b.oof.to_numpy(), targets, index.classes, metric,
-                                    b.row_thresholds)  # fmt: skip
     write_csv(confusion, pairs)
 
 
@@ -267,30 +267,46 @@ def run_final(
     out_metrics: Path = Path("metrics/final.json"),
     out_confusion: Path = Path("metrics/final_confusion.csv"),
 ) -> dict:
+    """Every check first, then final/ and its metrics: a refusal leaves the last ones as is."""
     index, metric, folds, ens = read_index(), p.competition.metric, p.base.folds, p.ensemble
+    teacher = teachers_score(teacher_cv, metric)
     members = final_members(p)
     chosen, reported = collect(index, members, folds, ens.snapshots)
     b, cv = cv_report(index, metric, chosen, reported, ens.weights)
-    write_blend(index, metric, b, list(chosen), out, out_confusion)
-    if not teacher_cv.exists():
-        raise PipelineError(f"{teacher_cv}: missing; run `dvc repro ensemble` first")
-    teachers_cv = read_json(teacher_cv)
-    if teachers_cv["metric"] != metric:
-        raise PipelineError(f"{teacher_cv}: scored another metric; run `dvc repro ensemble`")
-    teacher = teachers_cv["cv"]
     summary = {"metric": metric, "cv": cv["cv"], "submitted": ", ".join(members)}
     summary["teacher_cv"] = teacher
     if p.pseudo.enabled:
-        students = {n: m for n, m in chosen.items() if n.startswith("student")}
-        student = evaluate(index, metric, students, ens.weights).report[metric]
-        summary |= {"student_cv": student, "student_minus_teacher": round(student - teacher, 6)}
-        summary["pseudo_source"] = p.pseudo.source
-        if p.pseudo.source == "ensemble":
-            summary["warning"] = "pseudo.source: ensemble leaks validation labels: CV optimistic"
+        summary |= students_summary(index, p, chosen, teacher)
+    write_blend(index, metric, b, list(chosen), out, out_confusion)
     write_json(out_metrics, {**summary, "report": cv})
     print_report("ensemble --final", cv, ens.weights)
     print_final(summary)
     return summary
+
+
+def students_summary(index: Index, p: Params, chosen: dict[str, Member], teacher: float) -> dict:
+    """The students' own CV beside the teachers', and where their pseudolabels came from."""
+    metric = p.competition.metric
+    students = {n: m for n, m in chosen.items() if n.startswith("student")}
+    student = evaluate(index, metric, students, p.ensemble.weights).report[metric]
+    out = {"student_cv": student, "student_minus_teacher": round(student - teacher, 6)}
+    out["pseudo_source"] = p.pseudo.source
+    if p.pseudo.source == "ensemble":
+        out["warning"] = "pseudo.source: ensemble leaks validation labels: CV optimistic"
+    return out
+
+
+def teachers_score(path: Path, metric: str) -> float:
+    """The teachers' CV (`ensemble`'s metrics/cv.json), which final.json sets beside its own."""
+    if not path.exists():
+        raise PipelineError(f"{path}: missing; run `dvc repro ensemble` first")
+    teachers_cv = read_json(path)
+    if teachers_cv.get("metric") != metric or "cv" not in teachers_cv:
+        raise PipelineError(
+            f"{path}: scored {teachers_cv.get('metric')}, not competition.metric {metric}; "
+            "run `dvc repro ensemble`"
+        )
+    return teachers_cv["cv"]
 
 
 def print_final(s: dict) -> None:
