@@ -51,7 +51,11 @@ def submission_probs(sub: pd.DataFrame, meta: dict) -> np.ndarray:
 
 
 def local_score(sub: pd.DataFrame, solution_path: Path, meta: dict, metric: str) -> dict:
-    """Score against a private solution (id, label or tags) the way the leaderboard would."""
+    """Score against a private solution (id, label or tags) the way the leaderboard would.
+
+    Rows whose truth holds a class the training labels never had cannot be scored by a model
+    that knows no such class: they are left out and counted (unscored_rows, their ids and the
+    unknown classes), and the score is over the other rows."""
     solution = pd.read_csv(solution_path, dtype=str, keep_default_na=False)
     truth = solution.iloc[:, :2].set_axis(["id", "truth"], axis=1)
     merged = truth.merge(sub.astype({sub.columns[0]: str}), left_on="id", right_on=sub.columns[0])
@@ -59,16 +63,55 @@ def local_score(sub: pd.DataFrame, solution_path: Path, meta: dict, metric: str)
         raise PipelineError(
             f"{solution_path}: {len(truth) - len(merged)} ids not in the submission"
         )
-    targets = encode_labels(merged["truth"], meta["classes"], meta["task"])
-    probs = submission_probs(merged[list(sub.columns)], meta)
-    return {metric: metrics.value(metric, probs, targets), "rows": len(merged)}
+    unknown = unknown_classes(merged["truth"], meta)
+    scored = merged[[not u for u in unknown]]
+    out: dict = {"rows": len(scored)}
+    if len(scored):
+        targets = encode_labels(scored["truth"], meta["classes"], meta["task"])
+        probs = submission_probs(scored[list(sub.columns)], meta)
+        out = {metric: metrics.value(metric, probs, targets), **out}
+    if len(scored) < len(merged):
+        out["unscored_rows"] = len(merged) - len(scored)
+        out["unscored_ids"] = merged["id"][[bool(u) for u in unknown]].tolist()
+        out["unknown_classes"] = sorted({c for u in unknown for c in u})
+    return out
+
+
+def unknown_classes(truth: pd.Series, meta: dict) -> list[set[str]]:
+    """Per row, the classes (tags) of its truth that the training labels never had."""
+    known = set(meta["classes"])
+    tags = meta["task"] == "multi_label"
+    return [set(t.split() if tags else [t]) - known for t in truth]
+
+
+def unscored_note(score: dict, solution: Path) -> str:
+    if "unscored_rows" not in score:
+        return ""
+    ids, n = score["unscored_ids"], score["unscored_rows"]
+    shown = ", ".join(ids[:5]) + (", ..." if n > 5 else "")
+    return (
+        f"; {n} of {n + score['rows']} rows not scored: {solution} gives them classes the "
+        f"training labels never had ({', '.join(score['unknown_classes'][:5])}): ids {shown} "
+        f"(all in {LOCAL_SCORE})"
+    )
 
 
 def read_thresholds(path: Path, classes: list[str]) -> np.ndarray | None:
+    """The blend's per-class thresholds (None: not multi-label), one for every class."""
     if not path.exists():
         raise PipelineError(f"{path}: missing; run `dvc repro ensemble` first")
-    tuned = read_json(path)["thresholds"]
-    return None if tuned is None else np.array([tuned[c] for c in classes])
+    tuned = read_json(path).get("thresholds")
+    if tuned is None:
+        return None
+    missing = [c for c in classes if c not in tuned]
+    if missing:
+        stage = "ensemble_final" if path.parent.name == "final" else "ensemble"
+        raise PipelineError(
+            f"{path}: no threshold for class {missing[0]!r} ({len(missing)} of {len(classes)} "
+            f"classes missing): it was tuned for other classes than data/prepared/meta.json "
+            f"lists; rerun `dvc repro {stage}`"
+        )
+    return np.array([tuned[c] for c in classes])
 
 
 def shaped(index: Index, metric: str, blend: Path, out: Path) -> pd.DataFrame:
@@ -111,9 +154,10 @@ def run(
         write_json(LOCAL_SCORE, {"rows": 0, "note": f"no {solution}: no local leaderboard"})
         return
     score = local_score(sub, solution, index.meta, metric)
-    note = f"(private {solution}, never read by training)"
-    print(f"submit: local leaderboard {metric} {score[metric]:.4f} {note}")
-    if teachers is not None and teachers != blend:
+    value = f"{score[metric]:.4f}" if metric in score else "not computable"
+    note = f"(private {solution}, never read by training){unscored_note(score, solution)}"
+    print(f"submit: local leaderboard {metric} {value} {note}")
+    if teachers is not None and teachers != blend and metric in score:
         alone = local_score(shaped(index, metric, teachers, out), solution, index.meta, metric)
         score["teachers"] = {metric: alone[metric]}
         print(f"submit: the teachers alone would score {metric} {alone[metric]:.4f}")
