@@ -7,6 +7,7 @@ python -m pipeline summary        # CV score, local leaderboard score, submissio
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import json
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from pipeline import warm
 from pipeline.errors import PipelineError  # the client of a warm stage imports no pandas
+from pipeline.failures import os_failure
 
 STAGES = (
     "download",
@@ -51,10 +53,13 @@ def summary() -> None:
             print(f"  WARNING: {c['warning']}")
     if local.exists():
         s = read_json(local)
-        for metric in (k for k in s if k not in ("rows", "note", "teachers")):
+        for metric in (k for k, v in s.items() if isinstance(v, float)):  # rows etc.: ints
             teachers = s.get("teachers", {}).get(metric)
             alone = "" if teachers is None else f" (teachers alone: {teachers:.4f})"
             print(f"local leaderboard {metric}: {s[metric]:.4f}{alone}")
+        if "unscored_rows" in s:
+            print(f"  {s['unscored_rows']} rows not scored: their solution classes were never "
+                  f"in training ({', '.join(s['unknown_classes'][:5])})")  # fmt: skip
     print(f"submission: {sub.resolve() if sub.exists() else 'not written yet'}")
     stale = stale_stages()
     if stale:
@@ -93,16 +98,9 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip() + "\n\nstages: " + ", ".join(STAGES), file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
-        if argv[0] == "summary":
-            summary()
-        else:
-            code = warm.run(argv) if warm.wanted(argv) else None
-            if code is not None:  # the warm server ran it (and printed what it had to say)
-                return code
-            from pipeline.roles import skip_without_torch
-
-            if not skip_without_torch(argv[0], argv[1:]):
-                importlib.import_module(f"pipeline.stages.{argv[0]}").main(argv[1:])
+        dispatch(argv)
+    except SystemExit as e:  # argparse: 0 after --help, 2 after a usage error (also when warm)
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -116,11 +114,31 @@ def main(argv: list[str]) -> int:
     except Exception as e:  # a bug, not bad input: one line, the traceback on request
         if os.environ.get("PIPELINE_DEBUG") == "1":
             raise
-        where = f"{argv[0]}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
-        print(f"error: {where}\n(unexpected: rerun with PIPELINE_DEBUG=1 for the traceback)",
-              file=sys.stderr)  # fmt: skip
+        print(f"error: {os_failure(e, argv[0]) or unexpected(e, argv[0])}", file=sys.stderr)
         return 1
     return 0
+
+
+def unexpected(e: Exception, stage: str) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    hint = "(unexpected: rerun with PIPELINE_DEBUG=1 for the traceback)"
+    return f"{stage}: {type(e).__name__}: {first}\n{hint}"
+
+
+def dispatch(argv: list[str]) -> None:
+    if argv[0] == "summary":
+        argparse.ArgumentParser(prog="python -m pipeline summary",
+                                description="CV, local leaderboard score, submission path, "
+                                "and whether they are stale").parse_args(argv[1:])  # fmt: skip
+        return summary()
+    code = warm.run(argv) if warm.wanted(argv) else None
+    if code is not None:  # the warm server ran it (and printed what it had to say)
+        raise SystemExit(code)
+    from pipeline.roles import skip_without_torch
+
+    helping = "-h" in argv or "--help" in argv  # the stage's own parser prints its help
+    if helping or not skip_without_torch(argv[0], argv[1:]):
+        importlib.import_module(f"pipeline.stages.{argv[0]}").main(argv[1:])
 
 
 if __name__ == "__main__":

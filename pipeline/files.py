@@ -7,6 +7,7 @@ renamed into place only once it is complete (rename is atomic on one filesystem)
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -32,6 +33,24 @@ def _umask() -> int:
 UMASK = _umask()  # temporary files are private (0600/0700); outputs get the user's usual mode
 
 
+FULL_BELOW = 1 << 20  # bytes: a write that failed with less left than this ran out of space
+
+
+def full_disk(e: Exception, dest: Path) -> OSError | None:
+    """A write into `dest` that failed on a full disk, as an ENOSPC naming `dest` (write(2)'s
+    carries no path; torch.save and safetensors raise their own errors); None otherwise. Checked
+    before the temporary is removed, while the space it took is still taken."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        e.filename = str(dest) if e.filename is None else e.filename
+        return None  # raised as it is
+    if isinstance(e, PipelineError):
+        return None
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(dest.parent).free < FULL_BELOW:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success move it to `dest`, on error delete it."""
@@ -45,6 +64,11 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
         if tmp.exists():
             os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, dest)
+    except Exception as e:
+        full = full_disk(e, dest)
+        if full is not None:
+            raise full from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -61,6 +85,11 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
+    except Exception as e:
+        full = full_disk(e, dest)
+        if full is not None:
+            raise full from e
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -62,11 +62,12 @@ def skip_without_torch(stage: str, argv: list[str]) -> bool:
     """`train`/`predict --student` with pseudo.enabled false: write the skip outputs, True."""
     if stage not in ("train", "predict") or "--student" not in argv:
         return False
+    ap = argparse.ArgumentParser(prog=f"python -m pipeline {stage}")  # as the stage's own:
+    ap.add_argument("--model", required=True)  # a usage error exits 2 before anything runs
+    ap.add_argument("--fold", type=int, required=True)
+    ap.add_argument("--student", action="store_true")
+    a = ap.parse_args(argv)
     if load_params().pseudo.enabled:
         return False
-    ap = argparse.ArgumentParser(prog=f"python -m pipeline {stage}", add_help=False)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--fold", type=int, required=True)
-    a, _ = ap.parse_known_args(argv)
     write_skips(stage, a.model, a.fold, DISABLED)
     return True

@@ -16,6 +16,8 @@ Not required anywhere (the CLI floor every command passes through, which shapes 
 - `pipeline/errors.py` defines the exception class that the CLI prints; the warm client imports
   it without pandas. Listing these three in every stage would rerun the whole graph, every model
   retrained, for a change to an error message.
+`pipeline/failures.py` (the one-line messages for a full disk, a missing file, a denied
+permission) is imported by `__main__.py` alone, so no stage's closure reaches it either.
 Package `__init__.py` files count only when they hold code (today they are docstrings).
 """
 

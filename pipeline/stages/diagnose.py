@@ -16,6 +16,7 @@ Images are the originals resized to `diagnose.size` px, not the training cache.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -249,4 +250,5 @@ def run(p: Params, out: Path = OUT, final: Path = Path("final")) -> dict:
 
 
 def main(argv: list[str]) -> None:
+    argparse.ArgumentParser(prog="python -m pipeline diagnose").parse_args(argv)
     run(load_params())

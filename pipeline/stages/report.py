@@ -22,6 +22,7 @@ top-level `plots:` read them with the templates in .dvc/plots/):
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -235,4 +236,5 @@ def run(out: Path = OUT) -> dict[str, int]:
 
 
 def main(argv: list[str]) -> None:
+    argparse.ArgumentParser(prog="python -m pipeline report").parse_args(argv)
     run()
