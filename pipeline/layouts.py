@@ -5,7 +5,10 @@ Layouts (`competition.layout`, detected when `auto`):
     csv              a label CSV (id, label[, group]) beside a train image folder of <id>.<ext>
                      (dog-breed labels.csv, cifar-10 trainLabels.csv, aptos train.csv with
                      id_code/diagnosis and train_images/, histopathologic train_labels.csv with
-                     .tif files, planet train_v2.csv with space-separated tags and train-jpg/)
+                     .tif files, planet train_v2.csv with space-separated tags and train-jpg/),
+                     or one-hot: a 0/1 column per class (plant-pathology-2020 train.csv of
+                     image_id,healthy,multiple_diseases,rust,scab), possibly with one images/
+                     folder holding both splits (Train_0.jpg … Test_0.jpg)
     class_folders    train/<class>/*.png (plant-seedlings); the test ids are file names
     filename_labels  train/<label>.<n>.jpg (dogs-vs-cats-redux); test/<n>.jpg
     pixels_csv       train.csv of label, pixel0..pixelK (digit-recognizer, square grayscale) and
@@ -14,7 +17,10 @@ Layouts (`competition.layout`, detected when `auto`):
 Train and test image folders are the top-level folders whose names start with "train" / "test"
 (test, test_images, test-jpg and test-jpg-additional alike). Test ids are sample_submission's
 first column; an id names its image by file name (plant-seedlings "0021e90e4.png") or by file name
-without the suffix (everyone else). Errors say what was found and what was expected.
+without the suffix (everyone else). Of several label CSVs the one whose values name the most
+images is read (train.csv, not a labels.csv of label,name beside it); `competition.label_csv` names
+it outright. CSVs separated by `;` or tabs (a spreadsheet's export) are read as such. Errors
+say what was found and what was expected.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".g
 LABEL_CSVS = ("labels.csv", "trainLabels.csv", "train_labels.csv", "train_v2.csv", "train.csv")
 NOT_LABELS = ("sample", "solution", "test")  # CSV names that never hold training labels
 PIXEL_PREFIX = "pixel"
+DELIMITERS = (",", ";", "\t")  # Kaggle ships commas; spreadsheets in comma-decimal locales ";"
 
 
 @dataclass
@@ -47,12 +54,28 @@ class Layout:
     # pixels_csv only: uint8 images (N, H, W) per split; prepare writes them out as PNGs
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     id_base: int | None = None  # pixels_csv: the first test id (digit-recognizer counts from 1)
+    note: str = ""  # what a person should know about a choice made (printed by prepare)
 
 
-def read_csv(path: Path) -> pd.DataFrame:
-    """Every cell as a string; a UTF-8 byte-order mark and CRLF line ends are fine."""
+def delimiter(path: Path) -> str:
+    """The separator of a CSV: the most frequent of `,` `;` tab in its header (a comma on a tie)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline()
+    return max(DELIMITERS, key=header.count)
+
+
+def read_csv(path: Path, nrows: int | None = None) -> pd.DataFrame:
+    """Every cell as a string (class "02" stays "02"); a UTF-8 byte-order mark, CRLF line ends
+    and `;` or tab separators are fine."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        return pd.read_csv(
+            path,
+            sep=delimiter(path),
+            nrows=nrows,
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8-sig",
+        )
     except UnicodeDecodeError as e:
         line = Path(path).read_bytes()[: e.start].count(b"\n") + 1
         raise PipelineError(
@@ -118,8 +141,22 @@ def attach_paths(frame: pd.DataFrame, files: dict[str, Path], source: str) -> pd
     return frame.assign(path=[str(files[r]) for r in frame["id"]])
 
 
+def shared_image_dirs(raw: Path) -> list[Path]:
+    """Top-level image folders named neither train* nor test*: one folder for both splits
+    (plant-pathology-2020's images/Train_0.jpg … images/Test_0.jpg)."""
+    return [
+        d
+        for d in image_dirs(raw, "")
+        if not d.name.lower().startswith(("train", "test", ".", "__")) and images_in(d)
+    ]
+
+
+def train_image_dirs(raw: Path) -> list[Path]:
+    return image_dirs(raw, "train") or shared_image_dirs(raw)
+
+
 def test_from_sample(raw: Path, sample: pd.DataFrame, sample_path: Path) -> pd.DataFrame:
-    dirs = image_dirs(raw, "test")
+    dirs = image_dirs(raw, "test") or shared_image_dirs(raw)
     if not dirs:
         raise PipelineError(
             f"{raw}: found {_listing(raw)}; expected a test image folder (test/, test_images/, …) "
@@ -144,12 +181,49 @@ def label_csvs(raw: Path) -> list[Path]:
     return known + others
 
 
+def label_csv_candidates(raw: Path, comp: Competition) -> list[Path]:
+    """competition.label_csv when set (it must exist), else label_csvs()."""
+    if comp.label_csv is None:
+        return label_csvs(raw)
+    path = raw / comp.label_csv
+    if not path.is_file():
+        found = sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*.csv"))
+        raise PipelineError(
+            f"competition.label_csv: '{comp.label_csv}' is not a file in {raw} (CSVs there: "
+            f"{found[:10]}); name one of them, or null to detect"
+        )
+    return [path]
+
+
+def names_images(path: Path, files: dict[str, Path]) -> int:
+    """How many values of the CSV's best column name an image file."""
+    frame = read_csv(path)
+    return max((int(frame[c].isin(files.keys()).sum()) for c in frame.columns), default=0)
+
+
+def choose_label_csv(paths: list[Path], files: dict[str, Path]) -> tuple[Path, str]:
+    """The candidate whose values name the most images (a labels.csv mapping label to name beside
+    train.csv names none; on a tie the known names come first), and a note naming the others
+    that name images too."""
+    if len(paths) == 1:
+        return paths[0], ""
+    hits = [names_images(p, files) for p in paths]
+    best = paths[hits.index(max(hits))]
+    others = [p.name for p, n in zip(paths, hits, strict=True) if n and p != best]
+    if not others:
+        return best, ""
+    return best, (
+        f"labels read from {best.name}; {', '.join(others)} name train images too "
+        "(competition.label_csv chooses)"
+    )
+
+
 def pixel_columns(columns: list[str]) -> list[str]:
     return [c for c in columns if c.startswith(PIXEL_PREFIX) and c[len(PIXEL_PREFIX) :].isdigit()]
 
 
 def _header(path: Path) -> list[str]:
-    return list(pd.read_csv(path, nrows=0).columns)
+    return list(read_csv(path, nrows=0).columns)
 
 
 def class_folder_dir(raw: Path) -> Path | None:
@@ -173,11 +247,11 @@ def looks_like_filename_labels(raw: Path) -> bool:
     return bool(files) and None not in labels and 2 <= len(set(labels)) <= len(files) / 2
 
 
-def detect(raw: Path) -> str:
-    for path in label_csvs(raw):
-        if pixel_columns(_header(path)):
-            return "pixels_csv"
-    if label_csvs(raw) and image_dirs(raw, "train"):
+def detect(raw: Path, comp: Competition) -> str:
+    csvs = label_csv_candidates(raw, comp)
+    if any(pixel_columns(_header(path)) for path in csvs):
+        return "pixels_csv"
+    if csvs and train_image_dirs(raw):
         return "csv"
     if class_folder_dir(raw) is not None:
         return "class_folders"
@@ -185,21 +259,46 @@ def detect(raw: Path) -> str:
         return "filename_labels"
     raise PipelineError(
         f"{raw}: found {_listing(raw)}; expected one of: a label CSV ({', '.join(LABEL_CSVS)}) "
-        "beside a train image folder, train/<class>/ folders of images, train/<label>.<n>.<ext> "
-        "files, or a train.csv of pixel0..pixelN columns; set competition.layout"
+        "beside a train image folder (or one images/ folder for both splits), train/<class>/ "
+        "folders of images, train/<label>.<n>.<ext> files, or a train.csv of pixel0..pixelN "
+        "columns; set competition.layout (and competition.label_csv)"
     )
 
 
-def multi_label(labels: pd.Series) -> bool:
-    """Space-separated tags: labels with spaces whose tags combine into more labels than tags.
+def multi_label(labels: pd.Series, sample: pd.DataFrame | None = None) -> bool:
+    """Space-separated tags, or class names with a space ("Common Chickweed", "adult male")?
 
-    A single-label class name with a space ("Common Chickweed") has about as many words as
-    classes; planet's 17 tags form hundreds of distinct tag sets.
+    The sample decides when it can (sample_says_tags). Otherwise tags are told by their sets:
+    some label is another with one tag more ("clear primary" and "clear primary water"), which
+    class names crossed from words ("adult male", "adult female", "pup male") never are.
     """
-    if not labels.str.contains(" ").any():
+    names = set(labels)
+    if not any(" " in n for n in names):
         return False
-    tags = {t for lab in labels for t in lab.split()}
-    return labels.nunique() > len(tags)
+    says = None if sample is None else sample_says_tags(names, sample)
+    if says is not None:
+        return says
+    sets = {frozenset(n.split()) for n in names}
+    return any(len(s) > 1 and s - {t} in sets for s in sets for t in s)
+
+
+def sample_says_tags(names: set[str], sample: pd.DataFrame) -> bool | None:
+    """What sample_submission says about labels with spaces, or None when it says nothing.
+
+    Probability columns named by the labels (a class each) or by their words (tags); a value
+    with a space that is a training label (one class per row: "adult male") or that is not one
+    but joins training words (a tag set in its own order: planet's "primary clear agriculture").
+    """
+    words = {w for n in names for w in n.split()}
+    columns = set(sample.columns[1:])
+    if len(columns) > 1:
+        return False if columns == names else True if columns == words else None
+    spaced = {" ".join(v.split()) for v in sample.iloc[:, 1] if len(v.split()) > 1}
+    if spaced & names:
+        return False
+    if any(set(v.split()) <= words for v in spaced):
+        return True
+    return None
 
 
 # --- readers ----------------------------------------------------------------------------------
@@ -208,7 +307,8 @@ def multi_label(labels: pd.Series) -> bool:
 def _column_error(path: Path, columns: list[str], why: str) -> PipelineError:
     return PipelineError(
         f"found {path.name} with columns {columns}; expected an id column and a label column "
-        f"({why}); set competition.id_column / competition.label_column"
+        f"({why}); set competition.id_column / competition.label_column, or "
+        "competition.label_csv to read another CSV"
     )
 
 
@@ -259,37 +359,85 @@ def _check_labels(train: pd.DataFrame, path: Path) -> None:
 
 
 def read_csv_layout(raw: Path, comp: Competition, sample: pd.DataFrame, sample_path: Path):
-    paths = label_csvs(raw)
+    paths = label_csv_candidates(raw, comp)
     if not paths:
         raise PipelineError(
-            f"{raw}: found {_listing(raw)}; expected a label CSV named one of {list(LABEL_CSVS)}"
+            f"{raw}: found {_listing(raw)}; expected a label CSV named one of {list(LABEL_CSVS)} "
+            "(or set competition.label_csv)"
         )
-    path, dirs = paths[0], image_dirs(raw, "train")
+    dirs = train_image_dirs(raw)
     if not dirs:
-        raise PipelineError(f"{raw}: found {_listing(raw)}; expected a train image folder")
+        raise PipelineError(
+            f"{raw}: found {_listing(raw)}; expected a train image folder (train/, "
+            "train_images/, …) or one images/ folder for both splits"
+        )
+    files = image_lookup(dirs)
+    path, note = choose_label_csv(paths, files)
     labels = read_csv(path)
     for key in ("id_column", "label_column", "group_column"):
         _check_column(getattr(comp, key), labels, key, path)
     if labels.shape[1] < 2:
         raise _column_error(path, list(labels.columns), "found one column")
-    files = image_lookup(dirs)
     id_col = comp.id_column or guess_id_column(labels, files, path)
+    train, task = label_frame(labels, id_col, comp, sample, path)
+    if comp.group_column:
+        train["group"] = labels[comp.group_column]
+    train = attach_paths(train, files, str(path))
+    test = test_from_sample(raw, sample, sample_path)
+    return Layout("csv", task, train, test, sample, sample_path, note=note)
+
+
+def label_frame(labels: pd.DataFrame, id_col: str, comp: Competition, sample, path: Path):
+    """(id, label) rows and the task, from one label column or from one-hot columns."""
     taken = {id_col, comp.group_column} - {None}
+    rest = [c for c in labels.columns if c not in taken]
+    if comp.label_column is None and one_hot(labels[rest], sample):
+        return one_hot_labels(labels, id_col, rest, comp, path)
     label_col = comp.label_column or guess_label_column(labels, taken, sample, path)
     train = pd.DataFrame({"id": labels[id_col], "label": labels[label_col].str.strip()})
     check_unique_ids(train["id"], path)
     _check_labels(train, path)
     train["label"] = [" ".join(lab.split()) for lab in train["label"]]  # one space between tags
-    if comp.group_column:
-        train["group"] = labels[comp.group_column]
-    train = attach_paths(train, files, str(path))
-    task = (
-        comp.task
-        if comp.task != "auto"
-        else ("multi_label" if multi_label(train["label"]) else "single_label")
-    )
-    test = test_from_sample(raw, sample, sample_path)
-    return Layout("csv", task, train, test, sample, sample_path)
+    if comp.task != "auto":
+        return train, comp.task
+    return train, "multi_label" if multi_label(train["label"], sample) else "single_label"
+
+
+def one_hot(frame: pd.DataFrame, sample: pd.DataFrame) -> bool:
+    """Two or more columns of 0/1 only, none of them the sample's one value column."""
+    if frame.shape[1] < 2 or (len(sample.columns) == 2 and sample.columns[1] in frame.columns):
+        return False
+    values = frame.apply(pd.to_numeric, errors="coerce")
+    return len(frame) > 0 and bool(values.isin([0, 1]).all().all())
+
+
+def one_hot_labels(labels: pd.DataFrame, id_col: str, cols: list[str], comp, path: Path):
+    """A class per 0/1 column: single-label when every row has exactly one 1, else tags."""
+    hot = labels[cols].apply(pd.to_numeric).to_numpy() == 1
+    n = hot.sum(1)
+    task = comp.task if comp.task != "auto" else "multi_label" if (n > 1).any() else "single_label"
+    bad = np.flatnonzero((n == 0) | ((n > 1) & (task == "single_label")))
+    if len(bad):
+        r = bad[0]
+        fix = (
+            "every image needs a class: drop the row"
+            if n[r] == 0
+            else "several classes in a row need competition.task: multi_label (or auto)"
+        )
+        raise PipelineError(
+            f"{path}: row {r + 2} (id '{labels[id_col].iloc[r]}') has {n[r]} ones in the one-hot "
+            f"columns {cols[:10]} ({task}); {fix}"
+        )
+    spaced = [c for c in cols if len(c.split()) != 1]
+    if task == "multi_label" and spaced:
+        raise PipelineError(
+            f"{path}: one-hot column '{spaced[0]}' has a space; tags are space-separated, "
+            "rename the column"
+        )
+    names = np.array(cols, dtype=object)
+    train = pd.DataFrame({"id": labels[id_col], "label": [" ".join(names[h]) for h in hot]})
+    check_unique_ids(train["id"], path)
+    return train, task
 
 
 def _unique_ids(files: list[Path], root: Path) -> list[str]:
@@ -366,7 +514,8 @@ def _pixels(frame: pd.DataFrame, cols: list[str], path: Path) -> np.ndarray:
 
 
 def read_pixels_csv(raw: Path, comp: Competition, sample: pd.DataFrame, sample_path: Path):
-    train_path = next((p for p in label_csvs(raw) if pixel_columns(_header(p))), None)
+    candidates = label_csv_candidates(raw, comp)
+    train_path = next((p for p in candidates if pixel_columns(_header(p))), None)
     test_path = raw / "test.csv"
     if train_path is None or not test_path.exists():
         raise PipelineError(
@@ -422,7 +571,7 @@ READERS = {
 
 def read(raw: Path, comp: Competition) -> Layout:
     """The competition in data/raw as index frames, by `competition.layout` or detection."""
-    name = comp.layout if comp.layout != "auto" else detect(raw)
+    name = comp.layout if comp.layout != "auto" else detect(raw, comp)
     sample_path = find_sample_submission(raw)
     sample = read_csv(sample_path)
     check_unique_ids(sample.iloc[:, 0], sample_path)

@@ -14,6 +14,7 @@ distribution (a 50/50 split between grades 1 and 3 decodes to 2) and beats argma
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -233,6 +234,11 @@ def _is_integer(column: pd.Series) -> bool:
     )
 
 
+def _plain_integers(classes: list[str]) -> bool:
+    """Class names an integer writes back unchanged: "2" is, "02" and "+2" are not."""
+    return all(re.fullmatch(r"-?\d+", c) and c == str(int(c)) for c in classes)
+
+
 def shape_submission(
     ids: list[str],
     probs: np.ndarray,
@@ -248,6 +254,8 @@ def shape_submission(
 
     kind: label (one column of class names, decoded as for `metric`), probs (one column per
     class), binary (one column: P(positive_class)), tags (space-separated, per-class thresholds).
+    Class names are written as the training labels spell them: "02" stays "02" whatever the
+    sample's "0" looks like, since the leaderboard compares text.
     """
     id_col = sample.columns[0]
     by_id = pd.DataFrame(probs, index=pd.Index([str(i) for i in ids]), columns=classes)
@@ -263,8 +271,8 @@ def shape_submission(
     if kind == "label":
         col = sample.columns[1]
         names = np.array(classes, dtype=object)[decode_labels(ordered.to_numpy(), metric)]
-        # integers where the sample has integers, provided the classes are integers too
-        as_int = _is_integer(sample[col]) and all(str(c).lstrip("-").isdigit() for c in classes)
+        # integers where the sample has integers and the classes read back the same
+        as_int = _is_integer(sample[col]) and _plain_integers(classes)
         out[col] = names.astype(int) if as_int else names
     elif kind == "probs":
         unknown = [c for c in sample.columns[1:] if c not in classes]
@@ -334,12 +342,20 @@ def validate_submission(
                     "not a probability in [0, 1]"
                 )
     elif kind == "tags":
-        col = sub.columns[1]
-        for r, tags in enumerate(sub[col].astype(str)):
-            unknown = set(tags.split()) - set(classes)
-            if unknown:
-                raise PipelineError(
-                    f"{source}: column '{col}' row {r + 2} has unknown tags {sorted(unknown)}"
-                )
+        _check_tags(sub, classes, source)
     else:
         raise PipelineError(f"submission kind '{kind}' is not supported")
+
+
+def _check_tags(sub: pd.DataFrame, classes: list[str], source: str) -> None:
+    """Every cell a set of classes: known tags, each once."""
+    col = sub.columns[1]
+    for r, tags in enumerate(sub[col].astype(str)):
+        unknown = set(tags.split()) - set(classes)
+        if unknown:
+            raise PipelineError(
+                f"{source}: column '{col}' row {r + 2} has unknown tags {sorted(unknown)}, not "
+                f"among the classes {classes[:10]}"
+            )
+        if len(set(tags.split())) < len(tags.split()):
+            raise PipelineError(f"{source}: column '{col}' row {r + 2} repeats a tag in '{tags}'")

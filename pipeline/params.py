@@ -56,6 +56,7 @@ class Competition(Section):
     layout: Literal["auto", "csv", "class_folders", "filename_labels", "pixels_csv"]
     task: Literal["auto", "single_label", "multi_label"]
     submission: Literal["auto", "label", "probs", "binary", "tags"]
+    label_csv: str | None  # the label CSV, a file name relative to data/raw; None: detected
     id_column: str | None  # in the label CSV
     label_column: str | None  # in the label CSV (multi-label: space-separated tags)
     group_column: str | None  # in the label CSV; rows sharing a group share a fold

@@ -61,6 +61,7 @@ def _path_source(path) -> Competition:
         layout="auto",
         task="auto",
         submission="auto",
+        label_csv=None,
         id_column=None,
         label_column=None,
         group_column=None,

@@ -163,3 +163,36 @@ def test_multi_label_task_refused_for_a_layout_without_tags(tmp_path):
     lf.dogs_vs_cats(raw)
     with pytest.raises(PipelineError, match="multi_label needs tags in a label CSV"):
         layouts.read(raw, competition(task="multi_label"))
+
+
+def test_the_sample_tells_class_names_with_spaces_from_tag_sets():
+    age_sex = [f"{a} {s}" for a in ("adult", "juvenile", "pup") for s in ("male", "female")]
+    labels = pd.Series(age_sex * 2)  # six labels from five words
+
+    def sample(*values: str) -> pd.DataFrame:
+        return pd.DataFrame({"id": [str(i) for i in range(len(values))], "label": list(values)})
+
+    assert not layouts.multi_label(labels)  # no label is another with one word more
+    assert not layouts.multi_label(labels, sample("pup female"))  # a class per row
+    assert not layouts.multi_label(labels, sample("0", "none"))  # a placeholder says nothing
+    assert layouts.multi_label(labels, sample("male pup"))  # a set no row has: tags
+    assert not layouts.multi_label(labels, pd.DataFrame(columns=["id", *age_sex]))
+    assert layouts.multi_label(labels, pd.DataFrame(columns=["id", "adult", "female", "juvenile",
+                                                             "male", "pup"]))  # fmt: skip
+    planet = pd.Series(["clear primary", "clear", "cloudy", "clear primary water", "haze"])
+    assert layouts.multi_label(planet) and layouts.multi_label(planet, sample("0"))
+    assert layouts.multi_label(planet, sample("primary clear agriculture"))
+
+
+def test_csv_separator_is_sniffed_from_the_header(tmp_path):
+    for sep, text in (
+        (",", "id,label\n1,a;b\n"),
+        (";", "id;label\n1;a,b\n"),
+        ("\t", "id\tl\n1\tx\n"),
+    ):
+        path = tmp_path / "x.csv"
+        path.write_text(text)
+        assert layouts.delimiter(path) == sep
+        assert layouts.read_csv(path).shape == (1, 2)
+    (tmp_path / "one.csv").write_text("id\n1\n")
+    assert layouts.delimiter(tmp_path / "one.csv") == ","

@@ -5,9 +5,9 @@
 Detects the layout (pipeline/layouts.py), the task (single- or multi-label) and the submission's
 shape from sample_submission.csv, each overridable in `competition`. Writes train.csv (id, path,
 label[, group]; multi-label labels are space-separated tags), test.csv (id, path), meta.json, a
-copy of sample_submission.csv, images/{train,test}/<id>.png for competitions shipped as pixel
-columns, and with `prepare.cache_size` the images resized once into uint8 arrays so that training
-never decodes a file again.
+copy of sample_submission.csv (comma-separated), images/{train,test}/<id>.png for competitions
+shipped as pixel columns, and with `prepare.cache_size` the images resized once into uint8 arrays
+so that training never decodes a file again.
 
 meta.json: task, classes (the model's output order), submission_kind (label | probs | binary |
 tags), positive_class (binary: the class whose probability is written), id_column, value_columns
@@ -219,10 +219,21 @@ def run(cfg: Prepare, comp: Competition, raw: Path = RAW, out: Path = PREPARED) 
         columns = ["id", "path", "label"] + (["group"] if "group" in layout.train else [])
         write_csv(tmp / "train.csv", layout.train[columns])
         write_csv(tmp / "test.csv", layout.test[["id", "path"]])
-        shutil.copyfile(layout.sample_path, tmp / "sample_submission.csv")  # byte for byte
+        write_sample(layout, tmp / "sample_submission.csv")
         write_json(tmp / "meta.json", meta)
     print(summary(layout, classes, kind, out))
+    if layout.note:
+        print(f"prepare: {layout.note}")
     return meta
+
+
+def write_sample(layout: layouts.Layout, dest: Path) -> None:
+    """sample_submission.csv byte for byte; one separated by `;` or tabs with commas, as every
+    later stage and Kaggle's scorer read it."""
+    if layouts.delimiter(layout.sample_path) == ",":
+        shutil.copyfile(layout.sample_path, dest)
+    else:
+        layout.sample.to_csv(dest, index=False)
 
 
 def summary(layout: layouts.Layout, classes: list[str], kind: str, out: Path) -> str:
