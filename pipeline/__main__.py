@@ -80,9 +80,10 @@ def stale_stages() -> list[str]:
             [sys.executable, "-m", "dvc", "status", "--json"],
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
-        return list(json.loads(res.stdout or "{}")) if res.returncode == 0 else []
+        changes = json.loads(res.stdout or "{}") if res.returncode == 0 else {}
     except (subprocess.TimeoutExpired, json.JSONDecodeError, OSError):
         return []
+    return [stage for stage, what in changes.items() if what != ["always changed"]]  # `source`
 
 
 def line_buffered() -> None:

@@ -112,6 +112,18 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def walk(root: str | Path) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """os.walk in sorted order that also enters linked folders (`train/4 -> /elsewhere`): data is
+    read in place, so a link is as good as a folder. A link back to a folder it is inside (a
+    cycle, `train/4/all -> ..`) is not entered: what it holds is walked, or left out, already."""
+    inside = {str(root): frozenset(os.path.realpath(p) for p in Path(root).absolute().parents)}
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        above = inside.pop(folder) | {os.path.realpath(folder)}
+        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(folder, d)) not in above)
+        inside.update({os.path.join(folder, d): above for d in dirs})
+        yield Path(folder), dirs, sorted(files)
+
+
 def sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline.files import PipelineError, read_json
 
 PREPARED = Path("data/prepared")
 FOLDS = Path("folds/folds.csv")
+ORIENTATION = 0x0112  # the EXIF tag: 1 upright, 6 turned 90 degrees (a phone held upright), ...
 
 
 @dataclass(frozen=True)
@@ -72,14 +73,23 @@ def fold_rows(index: Index, folds: pd.DataFrame, fold: int) -> tuple[np.ndarray,
     return np.flatnonzero(f != fold), np.flatnonzero(f == fold)
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Decode any PIL-readable file to an RGB uint8 array (H, W, 3). 16-bit, 32-bit integer and
-    float grayscale images are scaled to 8 bits (to_uint8): PIL's convert would clip them."""
-    with Image.open(path) as im:
+def load_image(path: str | Path | BinaryIO) -> np.ndarray:
+    """Decode any PIL-readable file to an RGB uint8 array (H, W, 3), upright: a phone photo's
+    EXIF orientation is applied as every viewer applies it. 16-bit, 32-bit integer and float
+    grayscale images are scaled to 8 bits (to_uint8): PIL's convert would clip them."""
+    with Image.open(path) as opened:
+        im = upright(opened)
         if im.mode.startswith(("I", "F")):
             gray = to_uint8(np.asarray(im), im.mode)
             return np.repeat(gray[..., None], 3, axis=2)
         return np.asarray(im.convert("RGB"))
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """The image turned as its EXIF (or TIFF) Orientation tag says; itself when there is none."""
+    if im.getexif().get(ORIENTATION, 1) in (0, 1):
+        return im
+    return ImageOps.exif_transpose(im)
 
 
 def to_uint8(a: np.ndarray, mode: str) -> np.ndarray:

@@ -263,22 +263,77 @@ def extract_nested(root: Path) -> None:
 def _extract_nested(archive: Path) -> None:
     """Extract beside the archive: a lone entry keeps its name (`train.zip` holding `train/`
     gives `train/`, `train.csv.zip` gives `train.csv`); several go into a folder named after it.
+    Where that already exists (`train.zip` shipped beside its extracted `train/`), what is there
+    is used and only the archive's files it lacks are extracted into it.
     """
+    names = [PurePosixPath(n) for n in archive_files(archive)]
+    lone = len({n.parts[0] for n in names}) == 1
+    base = archive.parent if lone else archive.parent / _archive_stem(archive.name)
+    if not os.path.lexists(base / names[0].parts[0] if lone else base):
+        _extract_into(archive, base, lone)
+    else:
+        missing = [n for n in names if not os.path.lexists(base / n)]
+        if missing:
+            _extract_into(archive, base, lone, only=missing)
+        print(f"{archive.name}: {len(names) - len(missing)} of its {len(names)} files were "
+              f"extracted already; {len(missing)} more extracted")  # fmt: skip
+    archive.unlink()
+
+
+def _extract_into(archive: Path, base: Path, lone: bool, only: list[PurePosixPath] | None = None):
+    """Extract through a staging folder, then move everything (or the files `only`) to `base`."""
     staging = Path(tempfile.mkdtemp(prefix=".extract.", dir=archive.parent))
     try:
         safe_extract(archive, staging)
-        entries = list(staging.iterdir())
-        stem = _archive_stem(archive.name)
-        if len(entries) == 1 and not (archive.parent / entries[0].name).exists():
-            entries[0].rename(archive.parent / entries[0].name)
-        else:
-            target = archive.parent / stem
-            if target.exists():
-                raise PipelineError(f"cannot extract {archive.name}: {target.name} already exists")
-            staging.rename(target)
-        archive.unlink()
+        if only is None and lone:
+            entry = next(staging.iterdir())
+            entry.rename(base / entry.name)
+        elif only is None:
+            staging.rename(base)
+        for name in only or []:
+            try:
+                (base / name.parent).mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise PipelineError(
+                    f"cannot extract {name} of {archive.name}: a file stands where its folder "
+                    f"{base / name.parent} goes; remove one of the two"
+                ) from None
+            (staging / name).rename(base / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def archive_files(archive: Path) -> list[str]:
+    """The names of the files (not folders) an archive holds, as safe_extract writes them."""
+    lowered = archive.name.lower()
+    try:
+        if lowered.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                names = [i.filename for i in zf.infolist() if not i.is_dir()]
+        elif lowered.endswith(_TAR_SUFFIXES):
+            with tarfile.open(archive) as tf:
+                names = [m.name for m in tf.getmembers() if not m.isdir()]
+        else:
+            names = _7z_files(archive)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError,
+            gzip.BadGzipFile) as e:  # fmt: skip
+        raise _corrupt(archive, e) from e
+    _check_names(archive, names)
+    return [PurePosixPath(n.replace("\\", "/")).as_posix() for n in names]
+
+
+def _7z_files(archive: Path) -> list[str]:
+    try:
+        import py7zr
+    except ImportError as e:
+        raise PipelineError(
+            f"{archive.name} is a 7z archive: run `pip install py7zr` to extract it"
+        ) from e
+    try:
+        with py7zr.SevenZipFile(archive, mode="r") as zf:
+            return [f.filename for f in zf.list() if not f.is_directory]
+    except py7zr.exceptions.ArchiveError as e:
+        raise _corrupt(archive, e) from e
 
 
 def _is_archive(path: Path) -> bool:

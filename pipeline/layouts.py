@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.files import PipelineError
+from pipeline.files import PipelineError, walk
 from pipeline.params import Competition
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
@@ -110,7 +110,11 @@ def image_dirs(raw: Path, prefix: str) -> list[Path]:
 
 
 def images_in(folder: Path, recursive: bool = True) -> list[Path]:
-    found = folder.rglob("*") if recursive else folder.iterdir()
+    """Image files under `folder`, linked sub-folders followed (files.walk)."""
+    if recursive:
+        found = [d / n for d, _, names in walk(folder) for n in names]
+    else:
+        found = list(folder.iterdir())
     return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 

@@ -5,13 +5,22 @@
 Sources: `demo` writes the embedded digits competition (offline), `kaggle` runs the Kaggle CLI,
 `path` reads a local folder in place or extracts a local .zip (on Kaggle: /kaggle/input/NAME).
 A folder is not copied: data/raw/ mirrors its tree with a symbolic link per file (Kaggle's working
-disk is 20 GB, a competition's input can be more); only archives inside it are extracted.
+disk is 20 GB, a competition's input can be more; linked folders are followed); only archives
+inside it are extracted.
+
+    python -m pipeline download --manifest # data/source.json: the source's file list (the
+                                           # `source` stage, run by every `dvc repro`)
+
+The manifest lists a local folder's file names, sizes and times, so that an image added to or
+removed from it reruns download (links rebuilt) and prepare; with `demo` and `kaggle` it never
+changes, and a Kaggle download is never repeated.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -22,10 +31,12 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from pipeline import kaggle
-from pipeline.files import PipelineError, atomic_dir
+from pipeline.files import PipelineError, atomic_dir, walk, write_json
 from pipeline.params import Competition, load_params
 
 RAW = Path("data/raw")
+MANIFEST = Path("data/source.json")  # the `source` stage's output, a dependency of download
+JUNK = ("__MACOSX", ".DS_Store", "Thumbs.db")  # what zipping on a Mac or Windows adds
 SKEWED = {3: 1 / 3, 8: 1 / 3}  # class -> fraction of its training images the demo keeps
 
 
@@ -59,30 +70,64 @@ def write_demo(dest: Path, seed: int) -> None:
 
 
 def link_tree(src: Path, dest: Path) -> None:
-    """dest/ mirrors src/: real folders, and a symbolic link to every file (absolute target)."""
+    """dest/ mirrors src/: real folders (linked folders too), and a symbolic link to every file
+    (absolute target)."""
     src = src.resolve()
-    for folder, dirs, files in os.walk(src):
-        rel = Path(folder).relative_to(src)
+    for folder, _, files in walk(src):
+        rel = folder.relative_to(src)
         (dest / rel).mkdir(parents=True, exist_ok=True)
         for name in files:
-            (dest / rel / name).symlink_to(Path(folder) / name)
-        dirs.sort()
+            (dest / rel / name).symlink_to(folder / name)
+
+
+def local_source(comp: Competition) -> Path:
+    """competition.path, `~` expanded; it must exist."""
+    if not comp.path:
+        raise PipelineError("competition.path: required when competition.source is 'path'")
+    src = Path(comp.path).expanduser()
+    if not src.exists():
+        raise PipelineError(f"competition.path: '{comp.path}' does not exist")
+    return src
+
+
+def manifest(comp: Competition) -> dict:
+    """What the download stage's output is made from, cheap to compute: for a local folder the
+    relative name, size and modification time of every file (never the contents: 100k images
+    are listed in a second), so that DVC reruns download and prepare exactly when it changed.
+    Demo and Kaggle downloads are fixed by the stage's params alone."""
+    if comp.source != "path":
+        return {"source": comp.source}
+    src = local_source(comp).resolve()
+    listing = walk(src) if src.is_dir() else [(src.parent, [], [src.name])]  # a .zip: itself
+    entries = [
+        ((folder / n).relative_to(src.parent).as_posix(), *_size_time(folder / n))
+        for folder, _, names in listing
+        for n in names
+        if n not in JUNK and not n.startswith("._")
+    ]
+    digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+    size = sum(e[1] for e in entries)
+    return {"source": "path", "path": str(src), "files": len(entries), "bytes": size,
+            "listing_sha256": digest}  # fmt: skip
+
+
+def _size_time(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:  # a link to nothing: counted, so that it is noticed once it is mended
+        return -1, 0
+    return st.st_size, st.st_mtime_ns
 
 
 def from_local(src: Path, dest: Path) -> None:
     """A folder is linked in place, an archive extracted; archives inside (train.zip) are
     extracted too."""
-    if not src.exists():
-        raise PipelineError(f"competition.path: '{src}' does not exist")
     if src.is_dir():
         link_tree(src, dest)
     else:
         kaggle.safe_extract(src, dest)
     tidy(dest)
     kaggle.extract_nested(dest)
-
-
-JUNK = ("__MACOSX", ".DS_Store", "Thumbs.db")
 
 
 def tidy(dest: Path) -> None:
@@ -110,15 +155,19 @@ def run(comp: Competition, seed: int, raw: Path = RAW, force: bool = False) -> N
         if comp.source == "demo":
             write_demo(tmp, seed)
         else:
-            if not comp.path:
-                raise PipelineError("competition.path: required when competition.source is 'path'")
-            from_local(Path(comp.path), tmp)
+            from_local(local_source(comp), tmp)
     print(f"download: {comp.source} competition '{comp.name}' in {raw}/")
 
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="python -m pipeline download")
     ap.add_argument("--force", action="store_true", help="download again (source: kaggle)")
+    ap.add_argument(
+        "--manifest", action="store_true", help=f"only write {MANIFEST}, the source's listing"
+    )
     a = ap.parse_args(argv)
     p = load_params()
-    run(p.competition, p.base.seed, force=a.force)
+    if a.manifest:
+        write_json(MANIFEST, manifest(p.competition))
+    else:
+        run(p.competition, p.base.seed, force=a.force)
