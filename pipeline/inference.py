@@ -4,11 +4,13 @@ every batch through the model on the device, once per view."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline import model
 from pipeline.data import build_transforms, split_dataset
 from pipeline.index import Index
 from pipeline.loop import probabilities
@@ -48,6 +50,15 @@ VIEWS: dict[str, Callable[[torch.Tensor], list[torch.Tensor]]] = {
     "shift": _shift_views,
     "zoom": _zoom,
 }
+
+
+def load_model(folder: Path) -> tuple[torch.nn.Module, dict, torch.device]:
+    """A saved fold model on the device, channels_last as the train stage runs it (its plain
+    predictions, behind the CV, come from that layout): predict and the exported kernel both
+    load here, so a kernel's probabilities are predict's."""
+    net, info = model.load(folder)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return net.to(device, memory_format=torch.channels_last), info, device
 
 
 def predict_views(

@@ -49,16 +49,12 @@ def check_classes(index: Index, spec: dict) -> None:
 
 def fold_test(bundle: Path, entry: dict, index: Index, p: Params, out: Path) -> None:
     """One fold model's test predictions, as its predict stage blends them, into out/test.csv."""
-    import torch
     from safetensors.torch import load_file
 
-    from pipeline import model
-    from pipeline.inference import predict_split
+    from pipeline.inference import load_model, predict_split
     from pipeline.stages.predict import blend_tta
 
-    net, info = model.load(bundle / entry["dir"])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net = net.to(device)
+    net, info, device = load_model(bundle / entry["dir"])  # as predict loads it
     if entry.get("weights"):  # an SGDR snapshot of that model
         net.load_state_dict(load_file(str(bundle / entry["weights"])))
     info = {**info, "augment": _augment(info)}

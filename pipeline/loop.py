@@ -86,11 +86,13 @@ class History:
 def _rng_state() -> dict:
     """Every generator's full state as tensors (a checkpoint is loaded with weights_only)."""
     _, keys, pos, has_gauss, gauss = np.random.get_state()
+    _, words, spare = random.getstate()  # Mersenne Twister words, and gauss()'s spare draw
     state = {
         "torch": torch.get_rng_state(),
         "numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
         "numpy_rest": torch.tensor([pos, has_gauss, gauss], dtype=torch.float64),
-        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+        "python": torch.tensor(words, dtype=torch.int64),
+        "python_gauss": torch.tensor([math.nan if spare is None else spare], dtype=torch.float64),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
@@ -102,7 +104,9 @@ def _set_rng_state(s: dict) -> None:
     pos, has_gauss, gauss = s["numpy_rest"].tolist()
     keys = s["numpy"].numpy().astype(np.uint32)
     np.random.set_state(("MT19937", keys, int(pos), int(has_gauss), gauss))
-    random.setstate((3, tuple(int(v) for v in s["python"].tolist()), None))
+    spare = s["python_gauss"].item()
+    random.setstate((3, tuple(int(v) for v in s["python"].tolist()),
+                     None if math.isnan(spare) else spare))  # fmt: skip
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(s["cuda"]))
 

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -33,7 +34,7 @@ class Section(BaseModel):
 
 
 class Base(Section):
-    seed: int
+    seed: Annotated[int, Field(ge=0)]  # every run's seeds are hashed from it (train.run_seed)
     folds: list[int]  # fold ids; dvc.yaml fans train/predict out over this list
     image_size: Size | None  # px, square network input; None: the backbone's default input size
 
@@ -41,7 +42,7 @@ class Base(Section):
     @classmethod
     def _folds_are_range(cls, v: list[int]) -> list[int]:
         if len(v) < 2 or sorted(v) != list(range(len(v))):
-            raise ValueError("must be 0, 1, …, K-1 with K >= 2")
+            raise ValueError("must be 0, 1, …, K-1 with K >= 2, each once")
         return v
 
 
@@ -67,12 +68,31 @@ class Prepare(Section):
     cache_size: Size | None  # px; resize once into a uint8 array, None: decode every epoch
 
 
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
 class Model(Section):
     pretrained: bool | str  # true: timm download, false: random init, str: local weights file
     drop_rate: Annotated[float, Field(ge=0, lt=1)]  # dropout probability before the classifier
     n_groups: int  # layer groups for differential LRs, the head included (>= 2)
-    mean: list[float] | None  # input normalisation; None: the model's own (timm data config)
-    std: list[float] | None
+    # input normalisation per RGB channel, fractions of 255; None: the model's own (timm's)
+    mean: list[Annotated[float, Field(ge=0, le=1)]] | None
+    std: list[Annotated[float, Field(gt=0, le=1)]] | None
+
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _one_per_channel(cls, v: object, info: ValidationInfo) -> object:
+        """3 fractions of 255 (std above 0): a wrong length or 0-255 values, named at once."""
+        if not isinstance(v, list) or not all(isinstance(x, (int, float)) for x in v):
+            return v  # null, or not numbers: the type's own message
+        low = (lambda x: x > 0) if info.field_name == "std" else (lambda x: x >= 0)
+        if len(v) != 3 or not all(low(x) and x <= 1 for x in v):
+            raise ValueError(
+                f"needs 3 values, one per RGB channel, each a fraction of 255 "
+                f"{'above 0 and ' if info.field_name == 'std' else ''}up to 1 (ImageNet's "
+                f"{info.field_name}: {IMAGENET[info.field_name]}); or null for the backbone's own"
+            )
+        return v
 
     @field_validator("n_groups")
     @classmethod
@@ -119,6 +139,17 @@ class Train(Section):
     num_workers: Count | Literal["auto"]  # DataLoader workers; auto: from the machine
     mixed_precision: Literal["no", "bf16", "fp16"]  # autocast on GPU only
     compile: bool  # torch.compile the model (GPU only)
+
+    @field_validator("backbones")
+    @classmethod
+    def _some_backbones(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one timm model name, e.g. [resnet18]")
+        twice = sorted({b for b in v if v.count(b) > 1})
+        if twice or not all(b.strip() for b in v):
+            what = f"{twice} twice" if twice else "an empty name"
+            raise ValueError(f"lists {what}: name each backbone once")
+        return v
 
 
 NonNeg = Annotated[float, Field(ge=0)]
@@ -171,10 +202,23 @@ class Pseudo(Section):
     weight: Annotated[float, Field(ge=0)]  # loss weight of a pseudolabeled image
     weight_rampup: Count  # epochs over which that weight rises linearly from 0 (0: from the start)
     init: Literal["teacher", "scratch"]  # student starts from fold k's teacher, or afresh
-    backbones: list[str]  # the students' timm names; dvc.yaml fans out over them x folds
+    # each teacher's student (dvc.yaml: students fan out over train.backbones x folds, in folders
+    # named by the teacher); None: the teacher's own backbone; {teacher: timm name}: another one
+    backbones: dict[str, str] | None
     epochs: Count  # the student's unfrozen-phase epochs (train.epochs for teachers)
     lr: Pos | Literal["auto"]  # the student's peak LR of the head group (train.lr for teachers)
     blend_teachers: bool  # the final ensemble averages teachers and students, not students alone
+
+    @field_validator("backbones", mode="before")
+    @classmethod
+    def _mapping(cls, v: object) -> object:
+        if isinstance(v, list):
+            raise ValueError(
+                "is null (each teacher's student has the teacher's backbone, following "
+                "train.backbones) or a mapping {teacher: student backbone}, e.g. "
+                "{resnet18: efficientnet_b0} with pseudo.init: scratch; not a list"
+            )
+        return v
 
     @field_validator("ratio", mode="before")
     @classmethod
@@ -233,20 +277,41 @@ class Params(Section):
         if self.lr_find.end <= self.lr_find.start:
             raise ValueError("lr_find.end must be larger than lr_find.start")
         self._check_recipe()
+        self._check_students()
         ps = self.pseudo
-        new = sorted(set(ps.backbones) - set(self.train.backbones))
-        if ps.enabled and ps.init == "teacher" and new:
-            raise ValueError(
-                "pseudo.init: teacher refines the teacher of the same backbone, but "
-                f"pseudo.backbones {new} are not in train.backbones; use pseudo.init: scratch "
-                "for a new backbone"
-            )
         if self.diagnose.fold not in self.base.folds:
             raise ValueError(f"diagnose.fold {self.diagnose.fold} is not in base.folds")
         head = self.head.epochs if ps.init == "scratch" else 0  # a refined teacher has its head
         if ps.enabled and head + ps.epochs < 1:
             raise ValueError(f"pseudo.epochs must be at least 1 with pseudo.init: {ps.init}")
         return self
+
+    def students(self) -> dict[str, str]:
+        """Each teacher's student: {its folder name (the teacher's backbone): its backbone}."""
+        over = self.pseudo.backbones or {}
+        return {t: over.get(t, t) for t in self.train.backbones}
+
+    def _check_students(self) -> None:
+        ps, teachers = self.pseudo, self.train.backbones
+        unknown = sorted(set(ps.backbones or {}) - set(teachers))
+        if unknown:
+            raise ValueError(
+                f"pseudo.backbones maps {unknown}, not in train.backbones {teachers}: map a "
+                "teacher to its student's backbone, or set pseudo.backbones: null"
+            )
+        other = {t: s for t, s in self.students().items() if s != t}
+        if ps.enabled and ps.init == "teacher" and other:
+            raise ValueError(
+                f"pseudo.init: teacher refines each teacher's own backbone, but pseudo.backbones "
+                f"gives {other}; use pseudo.init: scratch for another backbone"
+            )
+        archs = list(self.students().values())
+        twice = sorted({s for s in archs if archs.count(s) > 1})
+        if ps.enabled and twice:  # from scratch on the same pseudolabels: one model, twice
+            raise ValueError(
+                f"pseudo.backbones: two teachers' students are both {twice[0]} from scratch, "
+                "the same model trained twice; map only one of them"
+            )
 
     def _check_recipe(self) -> None:
         ps, aug, sizes = self.pseudo, self.augment, self.train.sizes
@@ -302,7 +367,8 @@ def parse_params(raw: object, source: str = "params.yaml") -> Params:
             elif err["type"] == "missing":
                 lines.append(f"{source}: missing key '{key}'")
             else:
-                lines.append(f"{source}: key '{key}': {err['msg']} (got {err['input']!r})")
+                msg = err["msg"].removeprefix("Value error, ")
+                lines.append(f"{source}: key '{key}': {msg} (got {err['input']!r})")
         # a union (e.g. a number or "auto") fails once per branch: say each only once
         raise PipelineError("\n".join(dict.fromkeys(lines))) from None
 

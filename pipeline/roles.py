@@ -1,5 +1,9 @@
 """Teachers and students run the same train and predict stages; only their folders differ.
 
+Every teacher backbone has one student per fold, in folders named by the teacher
+(students/models/TEACHER/foldK); its backbone is the teacher's, or the one pseudo.backbones maps
+the teacher to (Params.students()), so dvc.yaml fans both out over train.backbones.
+
 A student folder holding only `skipped.json` was written with `pseudo.enabled: false`: no student
 trained, and the final ensemble takes the teachers. Those skip outputs are written before torch
 is loaded (`skip_without_torch`), so a round that is off costs DVC a second per stage, not ten.

@@ -56,7 +56,7 @@ def test_dvc_repro_end_to_end(project, tiny_comp, tmp_path):
     assert [order.index(s) for s in steps] == sorted(order.index(s) for s in steps)
     assert (project.path / "students/models/resnet10t/fold0/model.safetensors").exists()
     final = json.loads((project.path / "metrics/final.json").read_text())
-    assert final["submitted"] == "student resnet10t"
+    assert final["submitted"] == "student resnet10t, student test_resnet"  # one per teacher
     assert {"teacher_cv", "student_cv", "student_minus_teacher"} <= set(final)
     summary = project.run(["pipeline", "summary"]).stdout
     assert "teachers" in summary and "students" in summary

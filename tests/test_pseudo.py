@@ -83,8 +83,11 @@ def test_ratio_outside_two_to_four_is_named(ratio):
 
 def test_init_teacher_needs_a_teacher_of_that_backbone():
     with pytest.raises(PipelineError, match="pseudo.init: scratch"):
-        parse_params(tiny_params({"pseudo": {"backbones": ["resnet18"]}}))
-    parse_params(tiny_params({"pseudo": {"backbones": ["resnet18"], "init": "scratch"}}))
+        parse_params(tiny_params({"pseudo": {"backbones": {"resnet10t": "resnet18"}}}))
+    p = parse_params(
+        tiny_params({"pseudo": {"backbones": {"resnet10t": "resnet18"}, "init": "scratch"}})
+    )
+    assert p.students() == {"resnet10t": "resnet18"}
 
 
 # --- selection ----------------------------------------------------------------------------

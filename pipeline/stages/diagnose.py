@@ -120,7 +120,7 @@ def grid_size(n: int, cols: int, size: int, lines: int) -> tuple[int, int]:
 
 def chosen_model(p: Params) -> tuple[Role, str]:
     """The role and backbone to diagnose: diagnose.model, else the first of what is submitted."""
-    students = [n for n in p.pseudo.backbones if skipped(STUDENT.models / n / "fold0") is None]
+    students = [n for n in p.train.backbones if skipped(STUDENT.models / n / "fold0") is None]
     names = students if p.pseudo.enabled and students else p.train.backbones
     role = STUDENT if names is students else TEACHER
     name = p.diagnose.model or names[0]

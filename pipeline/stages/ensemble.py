@@ -251,7 +251,10 @@ def final_members(p: Params) -> dict[str, Path]:
     teachers = {f"teacher {n}": TEACHER.preds / n for n in p.train.backbones}
     if not p.pseudo.enabled:
         return teachers
-    students = {f"student {n}": STUDENT.preds / n for n in p.pseudo.backbones}
+    students = {  # a student's folder is named by its teacher; its label names its backbone
+        f"student {s}" + ("" if s == t else f" of {t}"): STUDENT.preds / t
+        for t, s in p.students().items()
+    }
     for folder in students.values():
         for k in p.base.folds:
             why = skipped(folder / f"fold{k}")

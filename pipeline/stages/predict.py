@@ -123,14 +123,11 @@ def predictor(src: Path, tta: Tta, fold: int):
     info = read_json(src / "model.json")
     if not tta.views and not tta.random and (src / PLAIN).is_dir():
         return info, lambda weights, sub: plain_views(src / PLAIN / sub, info["classes"])
-    import torch
     from safetensors.torch import load_file
 
-    from pipeline import model
+    from pipeline.inference import load_model
 
-    net, _ = model.load(src)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net = net.to(device, memory_format=torch.channels_last)  # as the train stage runs it
+    net, _, device = load_model(src)
 
     def views(weights: Path, sub: str) -> dict:
         net.load_state_dict(load_file(str(weights)))

@@ -67,7 +67,7 @@ def live_runs(p: Params) -> list[tuple[str, str, int, Path]]:
     students when the round is on (folders of other backbones or folds are left out)."""
     roles: list[tuple[Role, list[str]]] = [(TEACHER, p.train.backbones)]
     if p.pseudo.enabled:
-        roles.append((STUDENT, p.pseudo.backbones))
+        roles.append((STUDENT, p.train.backbones))  # a student's folder: its teacher's name
     runs = []
     for role, names in roles:
         for name, fold in ((n, k) for n in names for k in p.base.folds):

@@ -13,7 +13,9 @@ A student (`--student`) is the same run with other inputs: fold k's pseudolabels
 (pseudo/fold<k>/labels.csv) mixed into every batch at pseudo:labeled = 1:pseudo.ratio, their loss
 weighted by pseudo.weight; `pseudo.epochs` and `pseudo.lr` instead of train's; weights starting
 from fold k's teacher (`pseudo.init: teacher`, no head phase) or afresh (`scratch`). Validation
-is fold k's real labels only.
+is fold k's real labels only. A student is named by its teacher (`--model` is one of
+train.backbones, and so are its folders); it trains the teacher's backbone, or the one
+pseudo.backbones maps that teacher to (model.json names what it is).
 
 Reads base, model, head, lr_find, train, augment, competition.metric (and pseudo) from
 params.yaml. Writes models/<model>/fold<k>/ (students: students/models/...; model.safetensors of
@@ -98,6 +100,19 @@ class FoldData:
     norm: dict  # mean, std
     workers: int  # DataLoader workers: train.num_workers, or the ones `auto` picked
     pin: bool  # pinned host memory (GPU)
+
+
+def backbone(p: Params, name: str, student: bool) -> str:
+    """The timm name to train: `name` for a teacher; for the student in folder `name` (named by
+    its teacher), the backbone pseudo.backbones gives it."""
+    if not student:
+        return name
+    if name not in p.students():
+        raise PipelineError(
+            f"--model {name} --student: a student is named by its teacher, one of "
+            f"train.backbones {p.train.backbones}"
+        )
+    return p.students()[name]
 
 
 def teacher_spec(p: Params) -> Spec:
@@ -200,9 +215,16 @@ def check_task_settings(tc: Train, task: str) -> None:
             )
 
 
-def epoch_seed(seed: int, fold: int, epoch: int) -> int:
-    """Seed of one epoch's shuffling and augmentation: the same draws again after a resume."""
-    return int(np.random.SeedSequence([seed, fold, epoch]).generate_state(1)[0])
+SEED_STREAMS = ("init", "epoch", "pseudo", "workers")  # what a seed is for, within one run
+
+
+def run_seed(seed: int, fold: int, role: str, stream: str, epoch: int = 0) -> int:
+    """A 32-bit seed for one random stream of one run (base.seed, fold, teacher or student),
+    e.g. one epoch's shuffling and augmentation: the same draws again after a resume. The whole
+    tuple is hashed (SeedSequence), so no two runs or streams share seeds the way seed + fold did
+    (seed 42 fold 1 was seed 43 fold 0)."""
+    words = [seed, fold, ("teacher", "student").index(role), SEED_STREAMS.index(stream), epoch]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
 def optimizer_groups(name: str, params: list[nn.Parameter], lr: float, wd: float) -> list[dict]:
@@ -266,8 +288,7 @@ def fold_data(
         )
     targets = encode_labels(index.train["label"].iloc[train_rows], index.classes, task)
     norm = model.data_config(net, p.model.mean, p.model.std)
-    mixed = spec is not None and spec.pseudo is not None and len(spec.pseudo) > 0
-    ratio = spec.mix.ratio if mixed else None
+    ratio = mix_ratio(spec)
     epochs = spec.head_epochs + spec.epochs if spec is not None and spec.init is None else None
     batch = batch_size(p.train.batch_size, len(train_rows), ratio, epochs)
     if p.train.batch_size == "auto":
@@ -295,16 +316,31 @@ def batch_size(
 ) -> int:
     """`auto`: the largest multiple of 8 up to 64 whose epoch has at least AUTO_STEPS optimizer
     steps and, for a model that starts from scratch or hub weights (trained `epochs` in all),
-    whose run has at least MIN_STEPS; 8 when none has. A student's epoch (`ratio`: pseudo:labeled
-    = 1:ratio) is one pass over the labeled rows, each batch topped up with pseudolabels: at 1:3
-    a batch of 64 takes 48 of them."""
+    whose run has at least MIN_STEPS; 8 when none has. Steps are counted by epoch_steps, as
+    check_steps counts them."""
     if setting != "auto":
         return int(setting)
     for batch in range(64, 8, -8):
-        steps = rows // (batch - pseudo_share(batch, ratio))
+        steps = epoch_steps(rows, batch, ratio)
         if steps >= AUTO_STEPS and (epochs is None or steps * epochs >= MIN_STEPS):
             return batch
     return 8
+
+
+def epoch_steps(rows: int, batch: int, ratio: float | None = None) -> int:
+    """Optimizer steps in one epoch over `rows` training rows, exactly as epoch_batches makes
+    them: a teacher's shuffle drops a last partial batch (when there is more than one); a
+    student's epoch (`ratio`: pseudo:labeled = 1:ratio) is one pass over the labeled rows, each
+    batch topped up with pseudolabels (at 1:3 a batch of 64 holds 48 labeled rows)."""
+    if ratio is None:
+        return len(torch.utils.data.BatchSampler(range(rows), batch, drop_last=rows > batch))
+    return len(mixed_batches(np.arange(rows), rows, batch, ratio, 0))  # the pseudo ids: moot
+
+
+def mix_ratio(spec: Spec | None) -> float | None:
+    """pseudo.ratio for a student with pseudolabels to mix in; None for batches of labeled rows."""
+    mixed = spec is not None and spec.pseudo is not None and len(spec.pseudo) > 0
+    return spec.mix.ratio if mixed else None
 
 
 def pseudo_share(batch: int, ratio: float | None) -> int:
@@ -320,14 +356,16 @@ def check_steps(spec: Spec, d: FoldData, acc: Accelerator) -> None:
     """Warn when a model that starts from scratch or hub weights gets too few optimizer steps."""
     if spec.init is not None:
         return  # a student refining its teacher continues a trained model
-    per_epoch = max(1, len(d.train_rows) // d.batch)
+    ratio = mix_ratio(spec)
+    per_epoch = epoch_steps(len(d.train_rows), d.batch, ratio)
     total = per_epoch * (spec.head_epochs + spec.epochs)
     if total < MIN_STEPS:
         epochs = "pseudo.epochs" if spec.role is STUDENT else "train.epochs"
+        labeled = "" if ratio is None else f" ({d.batch - pseudo_share(d.batch, ratio)} labeled)"
         acc.print(
-            f"warning: {total} optimizer steps in all ({per_epoch} per epoch at batch {d.batch} "
-            f"for {len(d.train_rows)} rows); under {MIN_STEPS} a model rarely converges: raise "
-            f"{epochs} or lower train.batch_size"
+            f"warning: {total} optimizer steps in all ({per_epoch} per epoch at batch {d.batch}"
+            f"{labeled} for {len(d.train_rows)} rows); under {MIN_STEPS} a model rarely "
+            f"converges: raise {epochs} or lower train.batch_size"
         )
 
 
@@ -336,13 +374,14 @@ def train_loaders(p: Params, spec: Spec, d: FoldData, fold: int) -> Callable[[in
     whole run (EpochData), so that its workers persist; each epoch has its scheduled augmentation
     strength and image size (epoch_dataset) and its own shuffle (epoch_batches)."""
     data = EpochData(partial(epoch_dataset, p, spec, d, fold))
+    workers_seed = run_seed(p.base.seed, fold, spec.role.name, "workers")
     loader = Loader(
         data,
         batch_sampler=EpochBatches(data, partial(epoch_batches, p, spec, d, fold)),
         num_workers=d.workers,
         pin_memory=d.pin,
         persistent_workers=d.workers > 0,
-        generator=torch.Generator().manual_seed(p.base.seed),  # workers' base seed: not global
+        generator=torch.Generator().manual_seed(workers_seed),  # the workers' base: not global
     )
 
     def at(epoch: int, total: int) -> Loader:
@@ -355,7 +394,7 @@ def train_loaders(p: Params, spec: Spec, d: FoldData, fold: int) -> Callable[[in
 def epoch_dataset(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, total: int):
     """One epoch's training items; a student's are mixed with pseudolabels, weights attached."""
     strength = epoch_strength(p.augment, epoch, total)
-    seed = epoch_seed(p.base.seed, fold, epoch)
+    seed = run_seed(p.base.seed, fold, spec.role.name, "epoch", epoch)
     tf = build_transforms("train", strength, p.augment, **d.norm, seed=seed)
     ds = split_dataset(d.index, "train", d.train_rows, tf, epoch_size(d.sizes, epoch, total))
     if spec.pseudo is not None:
@@ -377,7 +416,7 @@ def epoch_dataset(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, tot
 def epoch_batches(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, total: int):
     """One epoch's index batches: a shuffle (or class-balanced draws) of the training rows; for
     a student, each batch topped up with pseudolabels, pseudo:labeled = 1:pseudo.ratio."""
-    seed, n = epoch_seed(p.base.seed, fold, epoch), len(d.train_rows)
+    seed, n = run_seed(p.base.seed, fold, spec.role.name, "epoch", epoch), len(d.train_rows)
     if p.train.sampler == "balanced":
         order = list(balanced_sampler(d.targets, seed))
     elif spec.pseudo is not None:
@@ -386,8 +425,9 @@ def epoch_batches(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, tot
         g = torch.Generator().manual_seed(seed)
         torch.empty((), dtype=torch.int64).random_(generator=g)  # as DataLoader(shuffle) drew it
         order = torch.randperm(n, generator=g).tolist()
-    if spec.pseudo is not None:
-        return mixed_batches(np.array(order), len(spec.pseudo), d.batch, spec.mix.ratio, seed + 1)
+    if mix_ratio(spec) is not None:
+        mix_seed = run_seed(p.base.seed, fold, spec.role.name, "pseudo", epoch)
+        return mixed_batches(np.array(order), len(spec.pseudo), d.batch, spec.mix.ratio, mix_seed)
     return list(torch.utils.data.BatchSampler(order, d.batch, drop_last=n > d.batch))
 
 
@@ -407,7 +447,7 @@ def precomputed_head(p: Params, head: Phase, net: nn.Module, d: FoldData, fold, 
     feats = torch.utils.data.TensorDataset(f_train, torch.as_tensor(d.targets))
 
     def feature_loader(epoch: int, total: int) -> Loader:
-        g = torch.Generator().manual_seed(epoch_seed(p.base.seed, fold, epoch))
+        g = torch.Generator().manual_seed(run_seed(p.base.seed, fold, "teacher", "epoch", epoch))
         return Loader(feats, batch_size=bs, shuffle=True, generator=g, drop_last=len(feats) > bs)
 
     head.module, head.train_loader = net.get_classifier(), feature_loader
@@ -641,9 +681,10 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
         return
     gpu = torch.cuda.is_available()
     acc = Accelerator(cpu=not gpu, mixed_precision=p.train.mixed_precision if gpu else "no")
-    set_seed(p.base.seed + fold)
+    set_seed(run_seed(p.base.seed, fold, spec.role.name, "init"))  # the init: torch, numpy, random
     index = read_index()
-    net = build_model(p, name, len(index.classes), spec)
+    arch = backbone(p, name, student)
+    net = build_model(p, arch, len(index.classes), spec)
     d = fold_data(p, index, net, fold, acc, spec)
     weights = class_weights(d.targets, len(index.classes), p.train.class_weights,
                             p.train.effective_beta)  # fmt: skip
@@ -657,11 +698,12 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     phases = [full_phase(p, spec, net, groups, loaders, valid)]
     if spec.head_epochs:
         phases.insert(0, head_phase(p, spec, net, groups, loaders, valid, d, fold, acc))
-    title = f"{'student ' if student else ''}{name} fold {fold}"
+    title = f"student {arch}{'' if arch == name else f' of {name}'}" if student else name
+    title = f"{title} fold {fold}"
     about = describe(title, spec, d, groups, phases, acc)
     check_steps(spec, d, acc)
     data = (index.root / "train.csv", index.root / "meta.json", FOLDS, *spec.files)
-    key = fingerprint(p, name, fold, *data, student=student)
+    key = fingerprint(p, arch, fold, *data, student=student)
     ckpt = spec.role.ckpt / name / f"fold{fold}"
     total = spec.head_epochs + spec.epochs
 
@@ -683,7 +725,7 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     check_replicas(net, acc)
     if acc.is_main_process:
         out = spec.role.models / name / f"fold{fold}"
-        save_outputs(net, hist, rec, out, model_info(p, name, fold, spec, d), about, d)
+        save_outputs(net, hist, rec, out, model_info(p, arch, fold, spec, d), about, d)
     acc.wait_for_everyone()
 
 

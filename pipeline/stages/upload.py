@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics_path=Path("metrics/final.json"),
         receipt_path=Path("submissions/receipt.json"),
         models=p.train.backbones
-        + ([f"students {','.join(p.pseudo.backbones)}"] if p.pseudo.enabled else []),
+        + ([f"students {','.join(p.students().values())}"] if p.pseudo.enabled else []),
         kernel=pushed_kernel(PUSHED, Path("export")) if code else None,
     )
     return 0
