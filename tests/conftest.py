@@ -123,6 +123,11 @@ class Project:
     def set_params(self, over: dict) -> None:
         (self.path / "params.yaml").write_text(yaml.safe_dump(merge(self.params(), over)))
 
+    def changed(self, *stages: str) -> dict:
+        """`dvc status --json`, less the `source` stage's "always changed" (true by design)."""
+        status = json.loads(self.run(["dvc", "status", "--json", *stages]).stdout or "{}")
+        return {stage: what for stage, what in status.items() if what != ["always changed"]}
+
     def run(self, cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
         if cmd[0] == "dvc":
             cmd = [DVC, *cmd[1:]]
