@@ -61,7 +61,7 @@ def summary() -> None:
             print(f"  {s['unscored_rows']} rows not scored: their solution classes were never "
                   f"in training ({', '.join(s['unknown_classes'][:5])})")  # fmt: skip
     print(f"submission: {sub.resolve() if sub.exists() else 'not written yet'}")
-    stale = stale_stages()
+    stale = list(dict.fromkeys(source_changed() + stale_stages()))  # the source first, once
     if stale:
         print(
             f"WARNING: these outputs are not those of the current params, data and code: "
@@ -84,6 +84,23 @@ def stale_stages() -> list[str]:
     except (subprocess.TimeoutExpired, json.JSONDecodeError, OSError):
         return []
     return [stage for stage, what in changes.items() if what != ["always changed"]]  # `source`
+
+
+def source_changed() -> list[str]:
+    """["source"] when a local source folder no longer matches the listing download was made
+    from: `dvc status` cannot see that before the always-changed `source` stage runs again."""
+    from pipeline.files import read_json
+    from pipeline.params import load_params
+    from pipeline.stages.download import MANIFEST, manifest
+
+    if not MANIFEST.exists():
+        return []
+    comp = load_params().competition
+    try:
+        now = manifest(comp)
+    except PipelineError:  # the folder is gone: download itself says so
+        return ["source"]
+    return ["source"] if read_json(MANIFEST) != now else []
 
 
 def line_buffered() -> None:

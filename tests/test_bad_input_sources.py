@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -172,6 +173,7 @@ def test_a_changing_local_source_reruns_download_and_prepare(project, tiny_comp)
     labels = pd.read_csv(tiny_comp / "train.csv")
     labels.loc[len(labels)] = ["tr036", "cat"]
     labels.to_csv(tiny_comp / "train.csv", index=False)
+    assert "(source" in project.run(["pipeline", "summary"]).stdout  # before DVC can see it
     project.run(["dvc", "repro", "source"])
     assert "download:" in stale(project)
     assert ran(project.run(["dvc", "repro", "prepare"])) == ["download", "prepare"]
@@ -185,6 +187,16 @@ def test_a_changing_local_source_reruns_download_and_prepare(project, tiny_comp)
     assert "tr000" not in set(train["id"]) and len(train) == 36
     assert not (project.path / "data/raw/train/tr000.png").is_symlink()
     assert stale(project) == ""
+    # a link in the source to nothing: left out and named; prepare then names the row it lacks
+    (tiny_comp / "train" / "gone.png").symlink_to(tiny_comp / "nowhere.png")
+    out = project.run(["dvc", "repro", "prepare"]).stdout
+    assert "1 link(s)" in out and "train/gone.png" in out
+    assert not (project.path / "data/raw/train/gone.png").is_symlink()
+    (tiny_comp / "train" / "tr001.png").unlink()
+    (tiny_comp / "train" / "tr001.png").symlink_to(tiny_comp / "nowhere.png")
+    res = project.run(["dvc", "repro", "prepare"], check=False)
+    assert res.returncode != 0 and "Errno" not in res.stderr + res.stdout
+    assert "no image file for row 2 (id 'tr001')" in res.stderr + res.stdout
 
 
 @pytest_slow
@@ -211,3 +223,19 @@ def test_demo_and_kaggle_downloads_never_rerun_needlessly(tmp_path, monkeypatch)
         assert ran(proj.run(["dvc", "repro", "download"])) == []
         assert len(server.calls) == calls
         assert stale(proj, ("source", "download")) == ""
+
+
+def test_a_git_repository_without_a_commit_is_one_plain_line(tmp_path, monkeypatch):
+    """dvclive reads the current commit: `git init` with nothing committed gets what to do."""
+    from dvclive import Live
+
+    from pipeline.files import PipelineError
+    from pipeline.stages.train import open_live
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError, match=r"git in .*commit once \(`git add -A"):
+        open_live(Live, tmp_path / "dvclive")
+    subprocess.run(["git", "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q",
+                    "--allow-empty", "-m", "init"], check=True)  # fmt: skip
+    assert open_live(Live, tmp_path / "dvclive") is not None

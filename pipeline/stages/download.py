@@ -71,13 +71,23 @@ def write_demo(dest: Path, seed: int) -> None:
 
 def link_tree(src: Path, dest: Path) -> None:
     """dest/ mirrors src/: real folders (linked folders too), and a symbolic link to every file
-    (absolute target)."""
-    src = src.resolve()
+    (absolute target). A link in src to nothing is left out and named: mirrored, it would break
+    DVC's hashing of data/raw on every run; an image the labels list is then reported missing
+    by prepare, by row."""
+    src, broken = src.resolve(), []
     for folder, _, files in walk(src):
         rel = folder.relative_to(src)
         (dest / rel).mkdir(parents=True, exist_ok=True)
         for name in files:
-            (dest / rel / name).symlink_to(folder / name)
+            if (folder / name).exists():
+                (dest / rel / name).symlink_to(folder / name)
+            else:
+                broken.append((rel / name).as_posix())
+    if broken:
+        print(
+            f"warning: {len(broken)} link(s) in {src} point to nothing and are left out: "
+            f"{', '.join(broken[:5])}{', …' if len(broken) > 5 else ''}"
+        )
 
 
 def local_source(comp: Competition) -> Path:

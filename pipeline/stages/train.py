@@ -508,6 +508,20 @@ def valid_loader(p: Params, d: FoldData, acc: Accelerator) -> Loader:
     return acc.prepare(loader)
 
 
+def open_live(live: type, path: Path):
+    """dvclive's logger for one run. It asks git for the current commit, which a repository made
+    with `git init` and never committed does not have: a plain line says what to do."""
+    from scmrepo.exceptions import SCMError
+
+    try:
+        return live(dir=str(path), dvcyaml=None, save_dvc_exp=False, report=None)
+    except SCMError as e:
+        raise PipelineError(
+            f"git in {Path.cwd()}: {e} (dvclive reads the current commit); commit once "
+            "(`git add -A && git commit -m init`) or remove the empty .git, then rerun"
+        ) from e
+
+
 class Recorder:
     """Prints and logs every epoch (dvclive), keeps the best weights and the SGDR snapshots."""
 
@@ -520,11 +534,7 @@ class Recorder:
         self.steps: list[str] = []  # plots/schedule.tsv: the LR of every optimizer step
         from dvclive import Live  # here: the loaders and the model need neither dvclive nor dvc
 
-        self.live = (
-            Live(dir=str(live_path), dvcyaml=None, save_dvc_exp=False, report=None)
-            if acc.is_main_process
-            else None
-        )
+        self.live = open_live(Live, live_path) if acc.is_main_process else None
 
     def log(self, row: dict) -> None:
         sched = self.schedule(row["epoch"] - 1)
