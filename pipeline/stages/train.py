@@ -434,7 +434,7 @@ def epoch_batches(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, tot
 def precomputed_head(p: Params, head: Phase, net: nn.Module, d: FoldData, fold, acc) -> None:
     """The backbone is fully frozen: run it once and train the classifier on its features."""
     bs = d.batch
-    plain = build_transforms("valid", 0, None, **d.norm)
+    plain = build_transforms("valid", 0, None, **d.norm, crop_pct=p.base.crop_pct)
     f_train, f_valid = (
         features(
             net.to(acc.device),
@@ -501,7 +501,7 @@ def full_phase(p: Params, spec: Spec, net, groups, loaders, valid) -> Phase:
 
 def valid_loader(p: Params, d: FoldData, acc: Accelerator) -> Loader:
     """Fold k's validation rows with their real labels, never a pseudolabel."""
-    plain = build_transforms("valid", 0, None, **d.norm)
+    plain = build_transforms("valid", 0, None, **d.norm, crop_pct=p.base.crop_pct)
     ds = split_dataset(d.index, "train", d.valid_rows, plain, d.size)
     loader = Loader(ds, batch_size=d.batch * 2, num_workers=d.workers, pin_memory=d.pin,
                     persistent_workers=d.workers > 0)  # fmt: skip
@@ -661,6 +661,7 @@ def model_info(p: Params, name: str, fold: int, spec: Spec, d: FoldData) -> dict
         "task": d.task,
         "classes": d.index.classes,
         "image_size": d.size,
+        "crop_pct": p.base.crop_pct,  # validation's and prediction's centre crop
         "mean": list(d.norm["mean"]),
         "std": list(d.norm["std"]),
         "metric": p.competition.metric,
