@@ -78,6 +78,7 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 class Model(Section):
     pretrained: bool | str  # true: timm download, false: random init, str: local weights file
     drop_rate: Annotated[float, Field(ge=0, lt=1)]  # dropout probability before the classifier
+    drop_path_rate: Annotated[float, Field(ge=0, lt=1)]  # stochastic depth (timm's), 0: none
     n_groups: int  # layer groups for differential LRs, the head included (>= 2)
     # input normalisation per RGB channel, fractions of 255; None: the model's own (timm's)
     mean: list[Annotated[float, Field(ge=0, le=1)]] | None
@@ -125,6 +126,7 @@ class Train(Section):
     epochs: Count  # epochs of the unfrozen phase
     sizes: list[Size] | None  # progressive resizing: epochs split evenly, the last is the input
     batch_size: Size | Literal["auto"]  # auto: from the number of training rows (train.py)
+    accumulate: Size  # batches whose gradients add up to one optimizer step (1: every batch)
     lr: Pos | Literal["auto"]  # peak LR of the head group; auto: LR range test
     lr_mult: Annotated[
         float, Field(ge=1)
