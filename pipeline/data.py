@@ -3,6 +3,7 @@ sampler and the albumentations transforms. The index itself lives in `pipeline.i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import albumentations as A
@@ -12,7 +13,7 @@ import torch
 
 from pipeline import schedules
 from pipeline.files import PipelineError
-from pipeline.index import Index, encode_labels, load_image, resize
+from pipeline.index import Index, encode_labels, load_image, resize, square
 from pipeline.params import Augment
 
 
@@ -27,20 +28,24 @@ class ImageDataset(torch.utils.data.Dataset):
         cache: np.ndarray | None = None,
         paths: list[str] | None = None,
         rows: np.ndarray | None = None,  # with cache: its rows to use (memory-mapped, not copied)
+        mode: str = "squish",  # with paths: how a file that is not square is made square
     ) -> None:
         if (cache is None) == (paths is None):
             raise ValueError("give exactly one of cache= or paths=")
         self.cache, self.paths, self.labels = cache, paths, labels
         if cache is not None:
             self.rows = np.arange(len(cache)) if rows is None else np.asarray(rows)
-        self.transform, self.size = transform, size
+        self.transform, self.size, self.mode = transform, size, mode
 
     def __len__(self) -> int:
         return len(self.rows) if self.cache is not None else len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, np.ndarray | int]:
-        img = self.cache[self.rows[i]] if self.cache is not None else load_image(self.paths[i])
-        x = self.transform(image=resize(np.asarray(img), self.size))["image"]
+        if self.cache is not None:
+            img = np.asarray(self.cache[self.rows[i]])
+        else:
+            img = square(load_image(self.paths[i]), self.mode)  # as prepare caches it
+        x = self.transform(image=img, size=self.size)["image"]
         return x, (self.labels[i] if self.labels is not None else -1)
 
 
@@ -164,27 +169,93 @@ def split_dataset(
     cache = index.images(split)
     if cache is not None:
         return ImageDataset(transform, size, labels, cache=cache, rows=rows)
-    return ImageDataset(transform, size, labels, paths=frame["path"].tolist())
+    mode = index.meta.get("resize", "squish")
+    return ImageDataset(transform, size, labels, paths=frame["path"].tolist(), mode=mode)
+
+
+Box = tuple[float, float, float, float]  # top, left, height, width: fractions of the sides
+
+
+def centre_box(pct: float) -> Box:
+    """The central `pct` of each side (base.crop_pct): validation's and prediction's view."""
+    return ((1 - pct) / 2, (1 - pct) / 2, pct, pct)
+
+
+def cut(img: np.ndarray, box: Box) -> np.ndarray:
+    """The box's pixels (at least one each way). Fractions, not pixels: a squished file that is
+    not square is cut as its squished square would be."""
+    h, w = img.shape[:2]
+    ch, cw = max(1, round(box[2] * h)), max(1, round(box[3] * w))
+    top, left = min(round(box[0] * h), h - ch), min(round(box[1] * w), w - cw)
+    return img[top : top + ch, left : left + cw]
+
+
+class ResizedCrop:
+    """A random-resized crop (Inception's scale and aspect jitter): torchvision's
+    RandomResizedCrop.get_params, the box timm's and albumentations' draw too, on the unit square
+    — up to ten tries for an area share in `scale` and a log-uniform aspect ratio (width /
+    height) in `ratio` that fits, else the largest centred box whose ratio is in range.
+
+    Not A.RandomResizedCrop: that one fixes the output size when built, and the size changes with
+    progressive resizing and between the splits; here the box is drawn first and resized by
+    index.resize (area averaging when shrinking), as the cache was. Its own generator, seeded with
+    the Compose's seed: the flips' and the other transforms' draws stay what they were without it.
+    """
+
+    def __init__(self, scale: tuple[float, float], ratio: tuple[float, float], seed=None):
+        self.scale, self.log_ratio = scale, (math.log(ratio[0]), math.log(ratio[1]))
+        self.set_random_seed(seed)
+
+    def set_random_seed(self, seed: int | None) -> None:
+        self.rng = np.random.default_rng(None if seed is None else [seed, 0x6372])
+
+    def box(self) -> Box:
+        for _ in range(10):
+            area = self.rng.uniform(*self.scale)
+            ratio = math.exp(self.rng.uniform(*self.log_ratio))
+            w, h = math.sqrt(area * ratio), math.sqrt(area / ratio)
+            if w <= 1 and h <= 1:
+                return (self.rng.uniform(0, 1 - h), self.rng.uniform(0, 1 - w), h, w)
+        low, high = math.exp(self.log_ratio[0]), math.exp(self.log_ratio[1])
+        w, h = (1.0, 1 / low) if low > 1 else (high, 1.0) if high < 1 else (1.0, 1.0)
+        return ((1 - h) / 2, (1 - w) / 2, h, w)
 
 
 class Transform:
-    """albumentations' random transforms (if any), then normalisation into a CHW float32 tensor.
+    """The network's input from a source image (a cache row, or a decoded file made square): a
+    crop — random-resized (training), or the central `crop` share of the side (base.crop_pct) —
+    resized to the input size; then albumentations' random transforms (if any) and normalisation
+    into a CHW float32 tensor.
 
     The tail is A.Normalize + ToTensorV2's arithmetic, (x - 255 mean) / (255 std), done in numpy:
     the two transforms cost 60-90 µs an image in per-call overhead, which at 32 px is a quarter
-    of the loader's time; this costs a few. Called like a Compose: `tf(image=img)["image"]`.
+    of the loader's time; this costs a few. Called like a Compose: `tf(image=img)["image"]`, with
+    `size=` to crop and resize first.
     """
 
-    def __init__(self, compose: A.Compose | None, mean, std) -> None:
-        self.compose = compose
+    def __init__(self, compose: A.Compose | None, mean, std, crop: ResizedCrop | float = 1.0):
+        self.compose, self.crop = compose, crop
         self.shift = (np.asarray(mean, np.float32) * np.float32(255.0))[:, None, None]
         self.scale = np.reciprocal(np.asarray(std, np.float32) * np.float32(255.0))[:, None, None]
 
     def set_random_seed(self, seed: int) -> None:
         if self.compose is not None:
             self.compose.set_random_seed(seed)
+        if isinstance(self.crop, ResizedCrop):
+            self.crop.set_random_seed(seed)
 
-    def __call__(self, *, image: np.ndarray) -> dict[str, torch.Tensor]:
+    def fit(self, image: np.ndarray, size: int) -> np.ndarray:
+        """size x size px of the image: its crop, resized (the whole image when crop is 1)."""
+        crop = self.crop
+        if crop == 1.0:
+            return resize(image, size)
+        return resize(
+            cut(image, crop.box() if isinstance(crop, ResizedCrop) else centre_box(crop)), size
+        )
+
+    def __call__(self, *, image: np.ndarray, size: int | None = None) -> dict[str, torch.Tensor]:
+        if size is not None:
+            image = self.fit(image, size)
         if self.compose is not None:
             image = self.compose(image=image)["image"]
         x = image.transpose(2, 0, 1).astype(np.float32, order="C")  # CHW: long inner loops
@@ -200,16 +271,30 @@ def build_transforms(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     seed: int | None = None,
+    crop_pct: float = 1.0,
 ) -> Transform:
     """One pipeline for every split; `strength` s scales every random transform (0 = none).
 
-    `split` is "train" (random augmentation) or anything else (normalise only). `seed` makes the
-    random draws repeatable (albumentations keeps its own generator, apart from torch's).
+    `split` is "train" (random augmentation, random-resized crops of the whole image) or anything
+    else (the central crop_pct of the image, normalised). `seed` makes the random draws
+    repeatable (albumentations keeps its own generator, apart from torch's).
     """
-    if split != "train" or strength <= 0 or aug is None:
+    if split != "train":
+        return Transform(None, mean, std, crop_pct)
+    if strength <= 0 or aug is None:
         return Transform(None, mean, std)
     ops = flips(aug.flips) + augmentations(aug, strength)
-    return Transform(A.Compose(ops, seed=seed), mean, std)
+    return Transform(A.Compose(ops, seed=seed), mean, std, crop_jitter(aug, strength, seed))
+
+
+def crop_jitter(aug: Augment, s: float, seed: int | None) -> ResizedCrop | float:
+    """augment.crop_scale and crop_ratio narrowed towards 1 by the strength s: the area share
+    range [1 - s (1 - lo), 1 - s (1 - hi)], the aspect ratio range [lo ** s, hi ** s] (both
+    [1, 1] at s = 0); 1.0 (the whole image) when both are [1, 1]."""
+    (a, b), (r0, r1) = aug.crop_scale, aug.crop_ratio
+    if (a, b, r0, r1) == (1, 1, 1, 1):
+        return 1.0
+    return ResizedCrop((1 - s * (1 - a), 1 - s * (1 - b)), (r0**s, r1**s), seed)
 
 
 def flips(domain: str) -> list[A.BasicTransform]:

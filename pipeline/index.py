@@ -3,7 +3,8 @@ that folds, ensemble and submit start fast.
 
 Index on disk (data/prepared/): train.csv (id, path, label), test.csv (id, path), meta.json
 (classes, task, submission shape), sample_submission.csv, and with `prepare.cache_size` set
-train_images.npy / test_images.npy: uint8 arrays (N, S, S, 3) in index row order.
+train_images.npy / test_images.npy: uint8 arrays (N, S, S, 3) in index row order, each image
+made square as `prepare.resize` says (meta.json "resize": squish, crop or pad).
 """
 
 from __future__ import annotations
@@ -108,7 +109,31 @@ def to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
-def resize(img: np.ndarray, size: int) -> np.ndarray:
+RESIZE_MODES = ("squish", "crop", "pad")  # prepare.resize: how a photo that is not square fits
+PAD_VALUE = 0  # letterbox bars (prepare.resize: pad): black, as rotations' and cutout's fill
+
+
+def square(img: np.ndarray, mode: str) -> np.ndarray:
+    """The image made square without resampling: squish leaves it (the resize squashes it), crop
+    keeps its centre square (the long side's ends are lost), pad centres it on PAD_VALUE bars
+    (nothing lost; the odd pixel of an uneven margin goes to the bottom or right)."""
+    h, w = img.shape[:2]
+    if mode == "squish" or h == w:
+        return img
+    if mode == "crop":
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        return img[top : top + s, left : left + s]
+    s = max(h, w)
+    out = np.full((s, s, *img.shape[2:]), PAD_VALUE, dtype=img.dtype)
+    top, left = (s - h) // 2, (s - w) // 2
+    out[top : top + h, left : left + w] = img
+    return out
+
+
+def resize(img: np.ndarray, size: int, mode: str = "squish") -> np.ndarray:
+    """A size x size image: made square by `mode` (prepare.resize), then resampled."""
+    img = square(img, mode)
     h, w = img.shape[:2]
     if (h, w) == (size, size):
         return img

@@ -79,15 +79,17 @@ def predict_views(
 
 
 def predict_split(net, index: Index, split, rows, tta: Tta, info: dict, device):
-    """Every view of one split's rows: the named ones and the random draws."""
-    tf = build_transforms("valid", 0, None, tuple(info["mean"]), tuple(info["std"]))
+    """Every view of one split's rows: the named ones and the random draws. The views start from
+    the eval input the train stage validated on: the central crop_pct of each image (model.json;
+    1, the whole image, for a model saved before it was recorded), resized to image_size."""
+    mean, std = tuple(info["mean"]), tuple(info["std"])
+    tf = build_transforms("valid", 0, None, mean, std, crop_pct=info.get("crop_pct", 1.0))
     ds = split_dataset(index, split, rows, tf, info["image_size"])
     loader = torch.utils.data.DataLoader(ds, batch_size=tta.batch_size)
     outs = predict_views(net, loader, tta.views, info["task"], device, tta.combine)
     aug = info.get("augment")
     for i in range(tta.random):  # the training augmentation, softly, in the loader
-        tf = build_transforms("train", tta.random_strength, aug, tuple(info["mean"]),
-                              tuple(info["std"]), seed=i)  # fmt: skip
+        tf = build_transforms("train", tta.random_strength, aug, mean, std, seed=i)
         ds = split_dataset(index, split, rows, tf, info["image_size"])
         loader = torch.utils.data.DataLoader(ds, batch_size=tta.batch_size)
         outs[f"random{i}"] = predict_views(net, loader, [], info["task"], device)["plain"]

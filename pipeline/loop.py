@@ -3,13 +3,16 @@
 `fit` runs a list of phases (head only, then everything unfrozen). Each phase names the module it
 runs (the whole model, or only the classifier on precomputed features), its loaders, and its
 optimizer parameter groups, each with its own peak LR under a 1cycle (cyclical momentum on Adam's
-beta1) or SGDR schedule. A phase whose LR is `auto` starts with an LR range test. After every
-epoch a checkpoint (model, optimizer, RNG, history) is written outside the stage's DVC outputs, so
-a killed stage rerun with the same params resumes at the next epoch.
+beta1) or SGDR schedule. A phase whose LR is `auto` starts with an LR range test. With
+`accumulate` k the optimizer steps once every k batches, on the mean of their gradients; the
+schedules and the range test count those optimizer steps, not batches. After every epoch a
+checkpoint (model, optimizer, RNG, history) is written outside the stage's DVC outputs, so a
+killed stage rerun with the same params resumes at the next epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import pickle
@@ -72,6 +75,7 @@ class LoopConfig:
     key: dict[str, str] | str  # hashes of what shapes training: a checkpoint resumes on a match
     class_weights: list[float] | None = None
     maximize: bool = True  # the metric's direction (log loss: False); rows keep its natural sign
+    accumulate: int = 1  # batches a step: schedules and the LR range test count optimizer steps
 
 
 @dataclass
@@ -211,8 +215,10 @@ def evaluate(net: nn.Module, loader: Loader, acc: Accelerator, loss_fn: nn.Modul
 def lr_range_test(
     phase: Phase, net: nn.Module, opt, loss_fn: nn.Module, acc: Accelerator, lf: LrFind,
     prepare: Callable[[Loader], Loader] | None = None,  # fit's Prepared; else acc.prepare
+    k: int = 1,  # batches an optimizer step (train.accumulate): the LR found is for that step
 ) -> tuple[list[float], list[float]]:  # fmt: skip
-    """Exponential LR sweep over training batches; returns (lrs, smoothed losses).
+    """Exponential LR sweep over training batches; returns (lrs, smoothed losses): one LR per
+    optimizer step of k batches, its loss their mean.
 
     Every group moves with the same factor (differential ratios kept). Stops once the smoothed
     loss exceeds 4x its best. Model, optimizer and RNG state are restored exactly afterwards.
@@ -222,21 +228,17 @@ def lr_range_test(
     ratios = [g["lr"] / top for g in opt.param_groups]
     _train_mode(phase, net)
     lrs, raw, smoothed = [], [], []
-    batches = iter(())
+    batches = _endless(phase, prepare or acc.prepare)
     for step in range(lf.steps):
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter((prepare or acc.prepare)(phase.train_loader(0, max(1, phase.epochs))))
-            batch = next(batches)
         lr = schedules.lr_sweep(step, lf.steps, lf.start, lf.end)
         for g, r in zip(opt.param_groups, ratios, strict=True):
             g["lr"] = lr * r
-        loss = batch_loss(net, batch, loss_fn, acc)
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        opt.step()
-        value = acc.reduce(loss.detach(), reduction="mean").item()
+        losses = []
+        for j in range(k):  # one optimizer step, as in training: the LR is the step's
+            loss = batch_loss(net, next(batches), loss_fn, acc)
+            accumulate(net, opt, loss, j, k, k, acc)
+            losses.append(acc.reduce(loss.detach(), reduction="mean").item())
+        value = sum(losses) / k
         if not math.isfinite(value):
             break
         lrs.append(lr)
@@ -253,6 +255,37 @@ def lr_range_test(
             f"lower lr_find.start ({lf.start})"
         )
     return lrs, smoothed
+
+
+def _endless(phase: Phase, prepare: Callable[[Loader], Loader]):
+    """The first epoch's training batches, again and again (the LR range test's supply)."""
+    while True:
+        yield from prepare(phase.train_loader(0, max(1, phase.epochs)))
+
+
+def steps_per_epoch(batches: int, k: int) -> int:
+    """Optimizer steps of an epoch of `batches` batches, one every k (and one for the rest)."""
+    return -(-batches // k)
+
+
+def accumulate(net: nn.Module, opt, loss: torch.Tensor, i: int, n: int, k: int, acc) -> bool:
+    """Batch i of an epoch's n adds its gradient to its group of k (train.accumulate); the
+    group's last batch steps the optimizer (returns True). Each loss is divided by its group's
+    batches, so a step's gradient is the mean of its batches' gradients: with equal batches
+    and a mean loss, the gradient of one batch k times larger. When k does not divide n, the
+    epoch's last group holds the n % k batches left and each is divided by that number, not
+    by k: a step as large as any other, on fewer images (timm's train.py does the same); the
+    epoch ends on a step, never with gradients carried into the next."""
+    start = i - i % k
+    size = min(k, n - start)
+    if i == start:
+        opt.zero_grad(set_to_none=True)
+    last = i == start + size - 1
+    with contextlib.nullcontext() if last else acc.no_sync(net):  # all-reduce once a step
+        acc.backward(loss / size if size > 1 else loss)
+    if last:
+        opt.step()
+    return last
 
 
 def _set_lrs(opt, phase: Phase, peaks: list[float], step: int, steps: int, spe: int, cfg) -> None:
@@ -322,7 +355,9 @@ def fit(
         if phase.name not in hist.lrs:
             peaks = [g["lr"] for g in phase.groups]
             if phase.find_lr:
-                lrs, losses = lr_range_test(phase, net, opt, loss_fn, acc, cfg.lr_find, prepare)
+                lrs, losses = lr_range_test(
+                    phase, net, opt, loss_fn, acc, cfg.lr_find, prepare, cfg.accumulate
+                )
                 chosen = schedules.suggest_lr(lrs, losses, cfg.lr_find.suggestion)
                 peaks = [p * chosen / max(peaks) for p in peaks]
                 acc.print(f"LR range test ({phase.name}): {cfg.lr_find.suggestion} {chosen:.3g}")
@@ -331,12 +366,13 @@ def fit(
             hist.lrs[phase.name] = peaks
         peaks = hist.lrs[phase.name]
         cycle_ends = schedules.sgdr_cycle_ends(phase.epochs, cfg.cycle_len, cfg.cycle_mult)
-        spe = None  # steps per epoch: the same rows and batch size every epoch of a phase
+        spe = None  # batches per epoch: the same rows and batch size every epoch of a phase
         for epoch in range(max(first, start), end):
             loader = prepare(phase.train_loader(epoch, total))
             spe = spe or len(loader)
             if len(loader) != spe:  # image size may change; the steps may not
                 raise RuntimeError(f"epoch {epoch + 1}: {len(loader)} steps, not {spe}")
+            ope = steps_per_epoch(spe, cfg.accumulate)  # optimizer steps: what schedules count
             _train_mode(phase, net)
             seen, loss_sum, started, step_lrs = 0, 0.0, time.perf_counter(), []
             desc = f"{phase.name} epoch {epoch + 1}/{total}"
@@ -344,9 +380,10 @@ def fit(
             waited, asked = 0.0, time.perf_counter()  # time spent waiting for the next batch
             for i, batch in enumerate(batches):
                 waited += time.perf_counter() - asked
-                step = (epoch - first) * spe + i
-                _set_lrs(opt, phase, peaks, step, phase.epochs * spe, spe, cfg)
-                step_lrs.append(opt.param_groups[-1]["lr"])
+                if i % cfg.accumulate == 0:  # an optimizer step begins: its LR
+                    step = (epoch - first) * ope + i // cfg.accumulate
+                    _set_lrs(opt, phase, peaks, step, phase.epochs * ope, ope, cfg)
+                    step_lrs.append(opt.param_groups[-1]["lr"])
                 # --- forward, loss
                 loss = batch_loss(net, batch, loss_fn, acc)
                 if not _finite_everywhere(loss, acc):
@@ -355,10 +392,8 @@ def fit(
                         f"step {i + 1}, lr {opt.param_groups[-1]['lr']:.3g}: lower the learning "
                         "rate, or set it to `auto` to run the LR range test"
                     )
-                # --- backward, step
-                opt.zero_grad(set_to_none=True)
-                acc.backward(loss)
-                opt.step()
+                # --- backward, step (every cfg.accumulate batches)
+                accumulate(net, opt, loss, i, spe, cfg.accumulate, acc)
                 seen += len(batch[0])
                 loss_sum += loss.item() * len(batch[0])
                 asked = time.perf_counter()
@@ -377,7 +412,7 @@ def fit(
                 "data_wait": waited / spent,  # share of the epoch spent waiting for the loader
                 "valid_metric": value,  # natural sign: a log loss stays positive
                 "lr": peaks[-1],
-                "step_lrs": step_lrs,  # the head group's LR at every step of the epoch
+                "step_lrs": step_lrs,  # the head group's LR at every optimizer step of the epoch
             }
             hist.rows.append(row)
             if score > hist.best_score:

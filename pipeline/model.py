@@ -14,18 +14,26 @@ import numpy as np
 import timm
 import torch
 from safetensors.torch import load_file, save_file
+from timm.layers import DropPath
 from timm.models import group_parameters
 from torch import nn
 
 from pipeline.files import PipelineError, atomic_path, read_json, write_json
 
 
-def create(name: str, num_classes: int, pretrained: bool | str, drop_rate: float = 0.0):
+def create(
+    name: str, num_classes: int, pretrained: bool | str, drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+):  # fmt: skip
+    """The timm model; with drop_path_rate, one that has stochastic depth (else refused, named:
+    most timm classes without it reject the key, check_drop_path catches one that ignores it)."""
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.75)
         hint = f"did you mean {' or '.join(close)}?" if close else "see timm.list_models()"
         raise PipelineError(f"model '{name}' is not a timm model; {hint}")
     kwargs: dict = {"num_classes": num_classes, "drop_rate": drop_rate}
+    if drop_path_rate:  # only when set: today's backbones without stochastic depth still build
+        kwargs["drop_path_rate"] = drop_path_rate
     if isinstance(pretrained, str):
         path = Path(pretrained)
         if not path.is_file():
@@ -34,8 +42,10 @@ def create(name: str, num_classes: int, pretrained: bool | str, drop_rate: float
     else:
         kwargs["pretrained"] = pretrained
     try:
-        return timm.create_model(name, **kwargs)
+        net = timm.create_model(name, **kwargs)
     except Exception as e:  # whatever the weights file holds, say what it is
+        if isinstance(e, TypeError) and "drop_path_rate" in str(e):
+            raise no_drop_path(name) from None  # the model's class takes no such argument
         if isinstance(pretrained, str):
             why = weights_problem(e, name)
             raise PipelineError(f"model.pretrained: {pretrained}: {why}") from None
@@ -45,6 +55,22 @@ def create(name: str, num_classes: int, pretrained: bool | str, drop_rate: float
                 "model.pretrained to a local weights file"
             ) from None
         raise
+    return check_drop_path(net, name, drop_path_rate)
+
+
+def check_drop_path(net: nn.Module, name: str, rate: float) -> nn.Module:
+    """The model, if a rate above 0 built timm's DropPath layers somewhere in it."""
+    if rate and not any(isinstance(m, DropPath) for m in net.modules()):
+        raise no_drop_path(name)  # the key was taken and ignored: it would do nothing
+    return net
+
+
+def no_drop_path(name: str) -> PipelineError:
+    return PipelineError(
+        f"model.drop_path_rate: {name} has no stochastic depth in timm (no DropPath layer); set "
+        "model.drop_path_rate: 0 for it, or use a backbone that has it (resnet*, efficientnet*, "
+        "convnext*, vit*)"
+    )
 
 
 def weights_problem(e: Exception, name: str) -> str:

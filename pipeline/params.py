@@ -37,6 +37,9 @@ class Base(Section):
     seed: Annotated[int, Field(ge=0)]  # every run's seeds are hashed from it (train.run_seed)
     folds: list[int]  # fold ids; dvc.yaml fans train/predict out over this list
     image_size: Size | None  # px, square network input; None: the backbone's default input size
+    # validation and prediction see the central crop_pct of each (cached) image's side, resized
+    # to image_size; 1: the whole image (timm's ImageNet models: 0.875 with a larger cache)
+    crop_pct: Annotated[float, Field(gt=0, le=1)]
 
     @field_validator("folds")
     @classmethod
@@ -66,6 +69,7 @@ class Competition(Section):
 
 class Prepare(Section):
     cache_size: Size | None  # px; resize once into a uint8 array, None: decode every epoch
+    resize: Literal["squish", "crop", "pad"]  # a photo that is not square: index.square
 
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -74,6 +78,7 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 class Model(Section):
     pretrained: bool | str  # true: timm download, false: random init, str: local weights file
     drop_rate: Annotated[float, Field(ge=0, lt=1)]  # dropout probability before the classifier
+    drop_path_rate: Annotated[float, Field(ge=0, lt=1)]  # stochastic depth (timm's), 0: none
     n_groups: int  # layer groups for differential LRs, the head included (>= 2)
     # input normalisation per RGB channel, fractions of 255; None: the model's own (timm's)
     mean: list[Annotated[float, Field(ge=0, le=1)]] | None
@@ -121,6 +126,7 @@ class Train(Section):
     epochs: Count  # epochs of the unfrozen phase
     sizes: list[Size] | None  # progressive resizing: epochs split evenly, the last is the input
     batch_size: Size | Literal["auto"]  # auto: from the number of training rows (train.py)
+    accumulate: Size  # batches whose gradients add up to one optimizer step (1: every batch)
     lr: Pos | Literal["auto"]  # peak LR of the head group; auto: LR range test
     lr_mult: Annotated[
         float, Field(ge=1)
@@ -166,12 +172,24 @@ class Augment(Section):
     rotate: NonNeg  # degrees at strength 1
     shift: NonNeg  # fraction of the image side at strength 1
     scale: NonNeg  # relative zoom range at strength 1
+    # random-resized crop at strength 1: [min, max] share of the image's area and of its aspect
+    # ratio (width / height); both [1, 1]: off. Strength s narrows them towards 1 (s = 0: off)
+    crop_scale: list[Annotated[float, Field(gt=0, le=1)]]
+    crop_ratio: list[Pos]
     brightness: NonNeg  # brightness/contrast range at strength 1
     hue: Annotated[float, Field(ge=0, le=0.5)]  # hue shift (fraction of the colour wheel)
     saturation: NonNeg  # saturation range at strength 1
     blur: NonNeg  # largest Gaussian blur sigma (px) at strength 1
     noise: Unit  # largest Gaussian noise std (fraction of 255) at strength 1
     cutout: Unit  # side of a dropped square (fraction of the image side) at strength 1
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _a_range(cls, v: list[float], info: ValidationInfo) -> list[float]:
+        if len(v) != 2 or v[0] > v[1]:
+            e = {"crop_scale": "[0.35, 1.0]", "crop_ratio": "[0.75, 1.333]"}[info.field_name]
+            raise ValueError(f"must be [min, max] with min <= max, e.g. {e}; [1, 1]: off")
+        return v
 
 
 TTA_VIEWS = ("identity", "hflip", "vflip", "rot90s", "transposes", "shift", "zoom")

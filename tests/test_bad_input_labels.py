@@ -275,12 +275,16 @@ def test_bad_input_labels(case: Case, tmp_path, monkeypatch, capsys):
 def test_the_label_csv_chosen_among_several_is_said(tmp_path, capsys):
     raw = write_csv_competition(tmp_path / "raw")
     coarse_labels_csv(raw)
-    prepare.run(Prepare(cache_size=None), competition(), raw=raw, out=tmp_path / "p")
+    prepare.run(
+        Prepare(cache_size=None, resize="squish"), competition(), raw=raw, out=tmp_path / "p"
+    )
     out = capsys.readouterr().out
     assert "prepare: labels read from labels.csv; train.csv name train images too " in out
     assert "(competition.label_csv chooses)" in out
     label_names_csv(raw)  # labels.csv of label,name: names no image, so nothing to say
-    meta = prepare.run(Prepare(cache_size=None), competition(), raw=raw, out=tmp_path / "p")
+    meta = prepare.run(
+        Prepare(cache_size=None, resize="squish"), competition(), raw=raw, out=tmp_path / "p"
+    )
     assert meta["classes"] == ["cat", "dog", "fox"]
     assert "labels read from" not in capsys.readouterr().out
 

@@ -28,7 +28,12 @@ EXPECTED = {
 def test_each_competition_detected_and_indexed(writer, tmp_path):
     raw = tmp_path / "raw"
     over = writer(raw)
-    meta = run(Prepare(cache_size=8), competition(**over), raw=raw, out=tmp_path / "prepared")
+    meta = run(
+        Prepare(cache_size=8, resize="squish"),
+        competition(**over),
+        raw=raw,
+        out=tmp_path / "prepared",
+    )
     layout, task, kind, classes, positive = EXPECTED[writer]
     assert (meta["layout"], meta["task"], meta["submission_kind"]) == (layout, task, kind)
     assert (meta["classes"], meta["positive_class"]) == (classes, positive)
@@ -47,14 +52,14 @@ def test_overrides_beat_detection(tmp_path):
     raw = tmp_path / "raw"
     lf.histopathologic(raw)
     meta = run(
-        Prepare(cache_size=None),
+        Prepare(cache_size=None, resize="squish"),
         competition(metric="accuracy", submission="label", positive_class="0"),
         raw=raw,
         out=tmp_path / "prepared",
     )
     assert meta["submission_kind"] == "label"  # with accuracy the integer sample reads as labels
     meta = run(
-        Prepare(cache_size=None),
+        Prepare(cache_size=None, resize="squish"),
         competition(metric="roc_auc", positive_class="0"),
         raw=raw,
         out=tmp_path / "prepared",
@@ -68,10 +73,12 @@ def test_label_csv_columns_found_by_content_and_named_by_params(tmp_path):
     train = pd.read_csv(raw / "train.csv")
     train.insert(0, "quality", ["good", "bad"] * 12 + ["good"])  # which column is the label?
     train.to_csv(raw / "train.csv", index=False)
-    meta = run(Prepare(cache_size=None), competition(), raw=raw, out=tmp_path / "p")
+    meta = run(
+        Prepare(cache_size=None, resize="squish"), competition(), raw=raw, out=tmp_path / "p"
+    )
     assert meta["classes"] == ["0", "1", "2", "3", "4"]  # the sample's value column decides
     over = competition(label_column="quality", id_column="id_code", metric="accuracy")
-    meta = run(Prepare(cache_size=None), over, raw=raw, out=tmp_path / "p")
+    meta = run(Prepare(cache_size=None, resize="squish"), over, raw=raw, out=tmp_path / "p")
     assert meta["classes"] == ["bad", "good"]
 
 
@@ -82,7 +89,7 @@ def test_one_class_is_refused(tmp_path):
     train.to_csv(raw / "train.csv", index=False)
     with pytest.raises(PipelineError, match=r"found 1 class\(es\) \['good'\]"):
         run(
-            Prepare(cache_size=None),
+            Prepare(cache_size=None, resize="squish"),
             competition(label_column="quality", metric="accuracy"),
             raw=raw,
             out=tmp_path / "p",

@@ -14,7 +14,7 @@ from tests.layout_fixtures import competition
 
 def test_index_and_cache(tiny_comp, tmp_path):
     out = tmp_path / "prepared"
-    run(Prepare(cache_size=16), competition(), raw=tiny_comp, out=out)
+    run(Prepare(cache_size=16, resize="squish"), competition(), raw=tiny_comp, out=out)
     index = read_index(out)
     assert index.classes == ["cat", "dog", "fox"]
     assert len(index.train) == 36 and len(index.test) == 12
@@ -26,13 +26,18 @@ def test_index_and_cache(tiny_comp, tmp_path):
 
 
 def test_without_cache_no_arrays(tiny_comp, tmp_path):
-    run(Prepare(cache_size=None), competition(), raw=tiny_comp, out=tmp_path / "prepared")
+    run(
+        Prepare(cache_size=None, resize="squish"),
+        competition(),
+        raw=tiny_comp,
+        out=tmp_path / "prepared",
+    )
     assert read_index(tmp_path / "prepared").images("train") is None
 
 
 def _expect_failure(raw, out, pattern):
     with pytest.raises(PipelineError, match=pattern):
-        run(Prepare(cache_size=16), competition(), raw=raw, out=out)
+        run(Prepare(cache_size=16, resize="squish"), competition(), raw=raw, out=out)
     assert not out.exists()
     assert not list(out.parent.glob(".prepared*"))  # no temporary left behind either
 
@@ -62,14 +67,24 @@ def test_unreadable_images_listed(tiny_comp, tmp_path):
     (tiny_comp / "train" / "tr007.png").write_bytes(b"not a png")
     (tiny_comp / "test" / "te001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(PipelineError) as err:
-        run(Prepare(cache_size=16), competition(), raw=tiny_comp, out=tmp_path / "prepared")
+        run(
+            Prepare(cache_size=16, resize="squish"),
+            competition(),
+            raw=tiny_comp,
+            out=tmp_path / "prepared",
+        )
     assert "2 unreadable image(s)" in str(err.value)
     assert "tr007.png" in str(err.value) and "te001.png" in str(err.value)
     assert not (tmp_path / "prepared").exists()
 
 
 def test_meta_carries_task_classes_and_submission_shape(tiny_comp, tmp_path):
-    meta = run(Prepare(cache_size=None), competition(), raw=tiny_comp, out=tmp_path / "prepared")
+    meta = run(
+        Prepare(cache_size=None, resize="squish"),
+        competition(),
+        raw=tiny_comp,
+        out=tmp_path / "prepared",
+    )
     assert meta == read_index(tmp_path / "prepared").meta
     assert meta["task"] == "single_label" and meta["classes"] == ["cat", "dog", "fox"]
     assert (meta["submission_kind"], meta["id_column"], meta["layout"]) == ("label", "id", "csv")
@@ -80,7 +95,7 @@ def test_meta_carries_task_classes_and_submission_shape(tiny_comp, tmp_path):
 def test_pixels_become_readable_png_files(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "prepared"
     lf.digit_recognizer(raw, n_train=8, n_test=3)
-    run(Prepare(cache_size=None), competition(), raw=raw, out=out)
+    run(Prepare(cache_size=None, resize="squish"), competition(), raw=raw, out=out)
     index = read_index(out)
     assert index.test["id"].tolist() == ["1", "2", "3"]
     train_csv = pd.read_csv(raw / "train.csv")
@@ -98,7 +113,12 @@ def test_group_column_reaches_the_index(tmp_path):
     train = pd.read_csv(raw / "train.csv")
     train.insert(1, "patient", [f"p{i // 2}" for i in range(len(train))])
     train.to_csv(raw / "train.csv", index=False)
-    run(Prepare(cache_size=None), competition(group_column="patient"), raw=raw, out=out)
+    run(
+        Prepare(cache_size=None, resize="squish"),
+        competition(group_column="patient"),
+        raw=raw,
+        out=out,
+    )
     index = read_index(out)
     assert index.train["group"].tolist() == train["patient"].tolist()
     assert index.train["label"].tolist() == train["diagnosis"].astype(str).tolist()
@@ -108,7 +128,12 @@ def test_metric_of_the_other_task_stops_prepare(tmp_path):
     raw = tmp_path / "raw"
     lf.aptos(raw)
     with pytest.raises(PipelineError, match="'f2_samples' applies to multi_label tasks"):
-        run(Prepare(cache_size=None), competition(metric="f2_samples"), raw=raw, out=tmp_path / "p")
+        run(
+            Prepare(cache_size=None, resize="squish"),
+            competition(metric="f2_samples"),
+            raw=raw,
+            out=tmp_path / "p",
+        )
     assert not (tmp_path / "p").exists()
 
 

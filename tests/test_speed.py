@@ -27,7 +27,7 @@ from tests.layout_fixtures import competition
 def test_cache_is_a_direct_decode_and_resize_and_a_new_size_rebuilds_it(tiny_comp, tmp_path):
     out = tmp_path / "prepared"
     for size in (16, 10):  # the source images are 12 px: enlarged, then shrunk
-        prepare(Prepare(cache_size=size), competition(), raw=tiny_comp, out=out)
+        prepare(Prepare(cache_size=size, resize="squish"), competition(), raw=tiny_comp, out=out)
         index = read_index(out)
         for split, frame in (("train", index.train), ("test", index.test)):
             cache = index.images(split)

@@ -145,7 +145,7 @@ def fake_predictions(root, classes, train_ids, test_ids, seed=0):
 def test_ensemble_and_submit_stages_shape_like_the_sample(tmp_path, monkeypatch, writer, kind):
     monkeypatch.chdir(tmp_path)
     over = writer(tmp_path / "data" / "raw")
-    meta = prepare.run(Prepare(cache_size=None), competition(**over))
+    meta = prepare.run(Prepare(cache_size=None, resize="squish"), competition(**over))
     assert meta["submission_kind"] == kind
     index = read_index()
     fake_predictions(

@@ -7,12 +7,14 @@ shape from sample_submission.csv, each overridable in `competition`. Writes trai
 label[, group]; multi-label labels are space-separated tags), test.csv (id, path), meta.json, a
 copy of sample_submission.csv (comma-separated), images/{train,test}/<id>.png for competitions
 shipped as pixel columns, and with `prepare.cache_size` the images resized once into uint8 arrays
-so that training never decodes a file again.
+so that training never decodes a file again. `prepare.resize` says how a photo that is not square
+becomes square (index.square): squish (stretched), crop (its centre square) or pad (letterboxed in
+black); training and prediction without a cache apply the same mode to the decoded files.
 
 meta.json: task, classes (the model's output order), submission_kind (label | probs | binary |
 tags), positive_class (binary: the class whose probability is written), id_column, value_columns
 (sample_submission's other columns), layout, id_base (pixels_csv: the first test id), n_train,
-n_test.
+n_test, cache_size, resize.
 """
 
 from __future__ import annotations
@@ -148,9 +150,11 @@ def write_pixel_images(layout: layouts.Layout, tmp: Path, out: Path) -> list[str
     return to_decode
 
 
-def decode_all(paths: list[str], size: int | None) -> tuple[np.ndarray | None, list[str], str]:
-    """Open every image once; return the resized stack (if size), the unreadable files and the
-    sha256 of every file's bytes in order (training's resume key)."""
+def decode_all(
+    paths: list[str], size: int | None, mode: str = "squish"
+) -> tuple[np.ndarray | None, list[str], str]:
+    """Open every image once; return the stack resized as `mode` says (if size), the unreadable
+    files and the sha256 of every file's bytes in order (training's resume key)."""
     bad, stack, h = [], [], hashlib.sha256()
     for p in progress(paths, len(paths), "prepare: decoding images", "image"):
         data = Path(p).read_bytes()
@@ -167,17 +171,17 @@ def decode_all(paths: list[str], size: int | None) -> tuple[np.ndarray | None, l
             bad.append(f"{p} ({type(e).__name__}: {e})")
             continue
         if size:
-            stack.append(resize(img, size))
+            stack.append(resize(img, size, mode))
     return (np.stack(stack) if size and not bad else None), bad, h.hexdigest()
 
 
-def cache_images(layout: layouts.Layout, decode: list[str], size: int | None, tmp: Path) -> dict:
-    """Decode every image once (the check) and, with a size, save the resized arrays; returns
-    the content hash of each split's image files."""
+def cache_images(layout: layouts.Layout, decode: list[str], cfg: Prepare, tmp: Path) -> dict:
+    """Decode every image once (the check) and, with prepare.cache_size, save the resized
+    arrays; returns the content hash of each split's image files."""
     bad, hashes = [], {}
     n_train = len(layout.train)
     for split, paths in (("train", decode[:n_train]), ("test", decode[n_train:])):
-        stack, unreadable, hashes[split] = decode_all(paths, size)
+        stack, unreadable, hashes[split] = decode_all(paths, cfg.cache_size, cfg.resize)
         bad += unreadable
         if stack is not None:
             np.save(tmp / f"{split}_images.npy", stack)
@@ -214,8 +218,9 @@ def run(cfg: Prepare, comp: Competition, raw: Path = RAW, out: Path = PREPARED) 
             decode = write_pixel_images(layout, tmp, out)
         else:
             decode = layout.train["path"].tolist() + layout.test["path"].tolist()
-        meta["images_sha256"] = cache_images(layout, decode, cfg.cache_size, tmp)
+        meta["images_sha256"] = cache_images(layout, decode, cfg, tmp)
         meta["cache_size"] = cfg.cache_size
+        meta["resize"] = cfg.resize  # the cache's and the decoded files' square (index.square)
         columns = ["id", "path", "label"] + (["group"] if "group" in layout.train else [])
         write_csv(tmp / "train.csv", layout.train[columns])
         write_csv(tmp / "test.csv", layout.test[["id", "path"]])

@@ -61,7 +61,7 @@ from pipeline.data import (
 from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_csv
 from pipeline.index import FOLDS, Index, encode_labels, fold_rows, read_folds, read_index
 from pipeline.inference import predict_split
-from pipeline.loop import LoopConfig, Phase, fit
+from pipeline.loop import LoopConfig, Phase, fit, steps_per_epoch
 from pipeline.params import Params, Pseudo, Train, Tta, load_params
 from pipeline.roles import DISABLED, PLAIN, STUDENT, TEACHER, Role, write_skips
 
@@ -261,7 +261,7 @@ def weights_checksum(m: nn.Module, acc: Accelerator) -> list[float]:
 def build_model(p: Params, name: str, n_classes: int, spec: Spec) -> nn.Module:
     """The timm backbone: from model.pretrained, or from the weights a student refines."""
     pretrained = p.model.pretrained if spec.init is None else False
-    net = model.create(name, n_classes, pretrained, p.model.drop_rate)
+    net = model.create(name, n_classes, pretrained, p.model.drop_rate, p.model.drop_path_rate)
     if spec.init is not None:
         net.load_state_dict(load_file(str(spec.init)))
     # channels_last on CPU too: test_resnet's steps +20-40% on the 2-core reference machine,
@@ -290,7 +290,7 @@ def fold_data(
     norm = model.data_config(net, p.model.mean, p.model.std)
     ratio = mix_ratio(spec)
     epochs = spec.head_epochs + spec.epochs if spec is not None and spec.init is None else None
-    batch = batch_size(p.train.batch_size, len(train_rows), ratio, epochs)
+    batch = batch_size(p.train.batch_size, len(train_rows), ratio, epochs, p.train.accumulate)
     if p.train.batch_size == "auto":
         mix = "" if ratio is None else f" (+ {pseudo_share(batch, ratio)} pseudolabeled a batch)"
         acc.print(f"train.batch_size: auto -> {batch} for {len(train_rows)} training rows{mix}")
@@ -312,29 +312,33 @@ def loader_workers(setting: int | str, cached: bool, gpu: bool, cpus: int) -> in
 
 
 def batch_size(
-    setting: int | str, rows: int, ratio: float | None = None, epochs: int | None = None
-) -> int:
+    setting: int | str, rows: int, ratio: float | None = None, epochs: int | None = None,
+    accumulate: int = 1,
+) -> int:  # fmt: skip
     """`auto`: the largest multiple of 8 up to 64 whose epoch has at least AUTO_STEPS optimizer
     steps and, for a model that starts from scratch or hub weights (trained `epochs` in all),
     whose run has at least MIN_STEPS; 8 when none has. Steps are counted by epoch_steps, as
-    check_steps counts them."""
+    check_steps counts them: with train.accumulate k, one every k batches."""
     if setting != "auto":
         return int(setting)
     for batch in range(64, 8, -8):
-        steps = epoch_steps(rows, batch, ratio)
+        steps = epoch_steps(rows, batch, ratio, accumulate)
         if steps >= AUTO_STEPS and (epochs is None or steps * epochs >= MIN_STEPS):
             return batch
     return 8
 
 
-def epoch_steps(rows: int, batch: int, ratio: float | None = None) -> int:
+def epoch_steps(rows: int, batch: int, ratio: float | None = None, accumulate: int = 1) -> int:
     """Optimizer steps in one epoch over `rows` training rows, exactly as epoch_batches makes
-    them: a teacher's shuffle drops a last partial batch (when there is more than one); a
+    the batches and loop.accumulate steps over them (one every `accumulate` batches, one more for
+    a rest): a teacher's shuffle drops a last partial batch (when there is more than one); a
     student's epoch (`ratio`: pseudo:labeled = 1:ratio) is one pass over the labeled rows, each
     batch topped up with pseudolabels (at 1:3 a batch of 64 holds 48 labeled rows)."""
     if ratio is None:
-        return len(torch.utils.data.BatchSampler(range(rows), batch, drop_last=rows > batch))
-    return len(mixed_batches(np.arange(rows), rows, batch, ratio, 0))  # the pseudo ids: moot
+        n = len(torch.utils.data.BatchSampler(range(rows), batch, drop_last=rows > batch))
+    else:
+        n = len(mixed_batches(np.arange(rows), rows, batch, ratio, 0))  # the pseudo ids: moot
+    return steps_per_epoch(n, accumulate)
 
 
 def mix_ratio(spec: Spec | None) -> float | None:
@@ -352,20 +356,22 @@ def epoch_size(sizes: list[int], epoch: int, total: int) -> int:
     return sizes[min(len(sizes) - 1, epoch * len(sizes) // max(1, total))]
 
 
-def check_steps(spec: Spec, d: FoldData, acc: Accelerator) -> None:
+def check_steps(spec: Spec, d: FoldData, acc: Accelerator, accumulate: int = 1) -> None:
     """Warn when a model that starts from scratch or hub weights gets too few optimizer steps."""
     if spec.init is not None:
         return  # a student refining its teacher continues a trained model
     ratio = mix_ratio(spec)
-    per_epoch = epoch_steps(len(d.train_rows), d.batch, ratio)
+    per_epoch = epoch_steps(len(d.train_rows), d.batch, ratio, accumulate)
     total = per_epoch * (spec.head_epochs + spec.epochs)
     if total < MIN_STEPS:
         epochs = "pseudo.epochs" if spec.role is STUDENT else "train.epochs"
         labeled = "" if ratio is None else f" ({d.batch - pseudo_share(d.batch, ratio)} labeled)"
+        k = "" if accumulate == 1 else f", {accumulate} batches a step"
+        lower = "train.batch_size" + ("" if accumulate == 1 else " or train.accumulate")
         acc.print(
             f"warning: {total} optimizer steps in all ({per_epoch} per epoch at batch {d.batch}"
-            f"{labeled} for {len(d.train_rows)} rows); under {MIN_STEPS} a model rarely "
-            f"converges: raise {epochs} or lower train.batch_size"
+            f"{labeled}{k} for {len(d.train_rows)} rows); under {MIN_STEPS} a model rarely "
+            f"converges: raise {epochs} or lower {lower}"
         )
 
 
@@ -434,7 +440,7 @@ def epoch_batches(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, tot
 def precomputed_head(p: Params, head: Phase, net: nn.Module, d: FoldData, fold, acc) -> None:
     """The backbone is fully frozen: run it once and train the classifier on its features."""
     bs = d.batch
-    plain = build_transforms("valid", 0, None, **d.norm)
+    plain = build_transforms("valid", 0, None, **d.norm, crop_pct=p.base.crop_pct)
     f_train, f_valid = (
         features(
             net.to(acc.device),
@@ -501,7 +507,7 @@ def full_phase(p: Params, spec: Spec, net, groups, loaders, valid) -> Phase:
 
 def valid_loader(p: Params, d: FoldData, acc: Accelerator) -> Loader:
     """Fold k's validation rows with their real labels, never a pseudolabel."""
-    plain = build_transforms("valid", 0, None, **d.norm)
+    plain = build_transforms("valid", 0, None, **d.norm, crop_pct=p.base.crop_pct)
     ds = split_dataset(d.index, "train", d.valid_rows, plain, d.size)
     loader = Loader(ds, batch_size=d.batch * 2, num_workers=d.workers, pin_memory=d.pin,
                     persistent_workers=d.workers > 0)  # fmt: skip
@@ -659,6 +665,7 @@ def loop_config(p: Params, task: str, weights: np.ndarray | None, key: dict) -> 
         class_weights=None if weights is None else [float(w) for w in weights],
         key=key,
         maximize=metrics.METRICS[p.competition.metric].higher_is_better,
+        accumulate=tc.accumulate,
     )
 
 
@@ -671,6 +678,7 @@ def model_info(p: Params, name: str, fold: int, spec: Spec, d: FoldData) -> dict
         "task": d.task,
         "classes": d.index.classes,
         "image_size": d.size,
+        "crop_pct": p.base.crop_pct,  # validation's and prediction's centre crop
         "mean": list(d.norm["mean"]),
         "std": list(d.norm["std"]),
         "metric": p.competition.metric,
@@ -711,7 +719,7 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     title = f"student {arch}{'' if arch == name else f' of {name}'}" if student else name
     title = f"{title} fold {fold}"
     about = describe(title, spec, d, groups, phases, acc)
-    check_steps(spec, d, acc)
+    check_steps(spec, d, acc, p.train.accumulate)
     data = (index.root / "train.csv", index.root / "meta.json", FOLDS, *spec.files)
     key = fingerprint(p, arch, fold, *data, student=student)
     ckpt = spec.role.ckpt / name / f"fold{fold}"
