@@ -10,6 +10,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from timm.data.mixup import Mixup, one_hot
 
 from pipeline import schedules
 from pipeline.files import PipelineError
@@ -386,6 +387,68 @@ def epoch_strength(aug: Augment, epoch: int, total: int) -> float:
         epoch, total, aug.ramp, aug.strength_start, aug.strength_end, aug.clean_epochs,
         aug.clean_strength,
     )  # fmt: skip
+
+
+class BatchMix:
+    """mixup / cutmix of a training batch with its own reverse (row i with row n-1-i), one λ and
+    one choice per batch: timm's Mixup in mode "batch", with timm's draws (global numpy, which the
+    loop's checkpoint saves and restores). With both alphas on, each mixed batch is cutmix or
+    mixup half the time (switch_prob 0.5, timm's default).
+
+    The chance that a batch is mixed is the epoch's augmentation strength (epoch_strength): it
+    rises with the ramp, reaches 1 at strength 1 and is 0 in clean epochs. Targets come back as
+    probability vectors, so they reach the loss as a student's soft pseudolabels do (class
+    weights, label smoothing and per-image weights applied there, not here).
+
+    timm's Mixup is driven through `_mix_batch` (its image mixing, returning λ) rather than its
+    `__call__`, which refuses odd batches (a student's last batch) and returns no λ; λ is needed
+    to mix a student's per-image weights with the targets (mix_targets).
+    """
+
+    def __init__(self, aug: Augment, n_classes: int) -> None:
+        self.aug, self.n_classes = aug, n_classes
+        self.mixer = Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, mode="batch",
+                           label_smoothing=0.0, num_classes=n_classes)  # fmt: skip
+
+    def __call__(self, batch: tuple, epoch: int, total: int) -> tuple:
+        """(images, targets[, weights]) of epoch `epoch` (0-based) of `total`, maybe mixed."""
+        self.mixer.mix_prob = epoch_strength(self.aug, epoch, total)
+        x, y, *w = batch
+        lam = float(self.mixer._mix_batch(x))  # x is mixed in place; 1.0: left as it was
+        if lam == 1.0:
+            return batch
+        dense = y.float() if y.ndim == 2 else one_hot(y, self.n_classes)
+        return (x, *mix_targets(dense, w[0] if w else None, lam))
+
+
+def batch_mix(aug: Augment, n_classes: int) -> BatchMix | None:
+    """The training batches' mixer, or None with augment.mixup and augment.cutmix both 0."""
+    return BatchMix(aug, n_classes) if aug.mixup > 0 or aug.cutmix > 0 else None
+
+
+def mix_targets(y: torch.Tensor, w: torch.Tensor | None, lam: float) -> tuple[torch.Tensor, ...]:
+    """Target vectors (and per-image loss weights) of a batch mixed with its reverse at λ.
+
+    Without weights: λ y_i + (1-λ) y_j, the last line of timm's mixup_target (which, in timm 1.0.9
+    that pyproject allows, takes class ids only, not the vectors of a student or a multi-label
+    task). With a student's weights w (1 for a labeled row, pseudo.weight for a pseudolabeled one)
+    the whole batch is mixed, labeled and pseudolabeled rows alike, as its rows were drawn (mixing
+    within each kind would take two draws and two λ). Each source keeps its own weight: the mixed
+    row gets w' = λ w_i + (1-λ) w_j and the target (λ w_i y_i + (1-λ) w_j y_j) / w', so that, each
+    row's loss being linear in its target, w' loss(t) = λ w_i loss(y_i) + (1-λ) w_j loss(y_j): a
+    pseudolabel weighted 0 (pseudo.weight_rampup) adds nothing through a mix. Rows whose w' is 0
+    keep the plain mix (they weigh nothing either way). Probability rows still sum to one.
+    """
+
+    def mix(t: torch.Tensor) -> torch.Tensor:
+        return t * lam + t.flip(0) * (1.0 - lam)
+
+    if w is None:
+        return (mix(y),)
+    w = w.to(y.dtype)[:, None]
+    mixed_w = mix(w)
+    t = torch.where(mixed_w > 0, mix(w * y) / mixed_w.clamp_min(1e-12), mix(y))
+    return t, mixed_w[:, 0]
 
 
 class Weighted(torch.utils.data.Dataset):

@@ -8,6 +8,10 @@ beta1) or SGDR schedule. A phase whose LR is `auto` starts with an LR range test
 schedules and the range test count those optimizer steps, not batches. After every epoch a
 checkpoint (model, optimizer, RNG, history) is written outside the stage's DVC outputs, so a
 killed stage rerun with the same params resumes at the next epoch.
+
+A phase may mix its training batches (mixup/cutmix, `Phase.mix`), and `LoopConfig.ema` keeps an
+EMA of the weights, updated after every optimizer step: every epoch validates it too, and the
+better of the two can be the one kept.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from pipeline import schedules
@@ -47,6 +52,8 @@ class Phase:
     schedule: str = "one_cycle"  # one_cycle | sgdr
     find_lr: bool = False  # run the LR range test first and scale every group's peak LR to it
     frozen_bn: list[nn.Module] = field(default_factory=list)  # kept in eval mode: stats fixed
+    # mixup/cutmix: (batch, epoch, total epochs) -> the batch, maybe mixed (data.BatchMix)
+    mix: Callable[[tuple, int, int], tuple] | None = None
 
 
 class Prepared:
@@ -76,6 +83,7 @@ class LoopConfig:
     class_weights: list[float] | None = None
     maximize: bool = True  # the metric's direction (log loss: False); rows keep its natural sign
     accumulate: int = 1  # batches a step: schedules and the LR range test count optimizer steps
+    ema: float | None = None  # decay of the weights' EMA (Ema); None or 0: none
 
 
 @dataclass
@@ -113,6 +121,35 @@ def _set_rng_state(s: dict) -> None:
                      None if math.isnan(spare) else spare))  # fmt: skip
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(s["cuda"]))
+
+
+class Ema:
+    """An exponential moving average of the weights: timm's ModelEmaV3 over every floating tensor
+    of the model's state (parameters and BatchNorm statistics) with its warm-up. After optimizer
+    step k of the run (1-based, over every phase) e_k = d_k e_(k-1) + (1 - d_k) w_k with
+    d_k = min(decay, 1 - k ** (-2/3)): d_1 = 0, the average starts at the weights, and a short run
+    is not held to its start (without the warm-up 0.999 ** 400 = 67% of the average would still
+    be the initial weights after 400 steps)."""
+
+    def __init__(self, model: nn.Module, decay: float, state: dict | None = None) -> None:
+        self.avg, self.steps = ModelEmaV3(model, decay=decay, use_warmup=True), 0
+        if state is not None:  # a checkpoint's: the same average, the same step count
+            self.avg.module.load_state_dict(state["weights"])
+            self.steps = int(state["steps"])
+
+    def update(self, model: nn.Module) -> None:
+        self.steps += 1
+        self.avg.update(model, step=self.steps)
+
+    def of(self, model: nn.Module, module: nn.Module) -> nn.Module:
+        """The average's counterpart of `module`: the model itself, or a part (a classifier)."""
+        if module is model:
+            return self.avg.module
+        name = next(n for n, m in model.named_modules() if m is module)
+        return self.avg.module.get_submodule(name)
+
+    def state(self) -> dict:
+        return {"weights": self.avg.module.state_dict(), "steps": self.steps}
 
 
 def _finite_everywhere(loss: torch.Tensor, acc: Accelerator) -> bool:
@@ -222,6 +259,10 @@ def lr_range_test(
 
     Every group moves with the same factor (differential ratios kept). Stops once the smoothed
     loss exceeds 4x its best. Model, optimizer and RNG state are restored exactly afterwards.
+    Batches are not mixed (phase.mix): a batch is mixed by chance, and a mixed batch's loss has a
+    floor near its soft targets' entropy, so the curve would jump between two levels at random
+    and its valley would move with those draws, not with the LR; the divergence point that the
+    test reads depends on the LR alone.
     """
     saved = (copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict()), _rng_state())
     top = max(g["lr"] for g in opt.param_groups)
@@ -336,7 +377,7 @@ def fit(
         for row in hist.rows:
             log(row)
     loss_fn, prepare = loss_function(cfg, acc.device), Prepared(acc)
-    total, end = sum(p.epochs for p in phases), 0
+    total, end, ema = sum(p.epochs for p in phases), 0, None
     for phase in phases:
         first, end = end, end + phase.epochs
         if start >= end:
@@ -350,6 +391,8 @@ def fit(
             fused=True,  # one kernel for every tensor: the step is 5x faster on CPU here
         )
         net, opt = acc.prepare(phase.module, opt)
+        if cfg.ema and ema is None:  # here: on the device the model trains on
+            ema = Ema(model, cfg.ema, state and state.get("ema"))
         if state is not None and state["phase"] == phase.name:
             opt.load_state_dict(state["optimizer"])
         if phase.name not in hist.lrs:
@@ -385,6 +428,8 @@ def fit(
                     _set_lrs(opt, phase, peaks, step, phase.epochs * ope, ope, cfg)
                     step_lrs.append(opt.param_groups[-1]["lr"])
                 # --- forward, loss
+                if phase.mix is not None:  # mixup/cutmix, by chance (the epoch's strength)
+                    batch = phase.mix(batch, epoch, total)
                 loss = batch_loss(net, batch, loss_fn, acc)
                 if not _finite_everywhere(loss, acc):
                     raise PipelineError(
@@ -392,8 +437,9 @@ def fit(
                         f"step {i + 1}, lr {opt.param_groups[-1]['lr']:.3g}: lower the learning "
                         "rate, or set it to `auto` to run the LR range test"
                     )
-                # --- backward, step (every cfg.accumulate batches)
-                accumulate(net, opt, loss, i, spe, cfg.accumulate, acc)
+                # --- backward, step (every cfg.accumulate batches), the EMA after each step
+                if accumulate(net, opt, loss, i, spe, cfg.accumulate, acc) and ema is not None:
+                    ema.update(model)
                 seen += len(batch[0])
                 loss_sum += loss.item() * len(batch[0])
                 asked = time.perf_counter()
@@ -414,21 +460,42 @@ def fit(
                 "lr": peaks[-1],
                 "step_lrs": step_lrs,  # the head group's LR at every optimizer step of the epoch
             }
+            kept, weights = score, model
+            if ema is not None:  # the average too; the better of the two may be kept
+                kept, weights = _validate_ema(ema, model, phase, acc, loss_fn, cfg, metric, row)
             hist.rows.append(row)
-            if score > hist.best_score:
-                hist.best_score, hist.best_epoch = score, epoch + 1
-                on_best(model, row)
+            if kept > hist.best_score:
+                hist.best_score, hist.best_epoch = kept, epoch + 1
+                on_best(weights, row)
             if phase.schedule == "sgdr" and epoch + 1 - first in cycle_ends:
                 on_snapshot(model, cycle_ends.index(epoch + 1 - first))
             # --- checkpoint: everything needed to continue at the next epoch, then log
             if acc.is_main_process:
-                _save_checkpoint(ckpt, cfg.key, phase.name, model, opt, hist)
+                _save_checkpoint(ckpt, cfg.key, phase.name, model, opt, hist, ema)
             acc.wait_for_everyone()
             log(row)
     return hist
 
 
-def _save_checkpoint(path: Path, key: dict | str, phase: str, model, opt, hist: History) -> None:
+def _validate_ema(
+    ema: Ema, model: nn.Module, phase: Phase, acc: Accelerator, loss_fn: nn.Module,
+    cfg: LoopConfig, metric: Callable, row: dict,
+) -> tuple[float, nn.Module]:  # fmt: skip
+    """Validates the average: its loss and metric join the epoch's row, with `kept_weights`, the
+    better of the two this epoch ("raw" on a tie); returns that one's score and weights."""
+    loss, probs, targets = evaluate(ema.of(model, phase.module), phase.valid_loader, acc, loss_fn,
+                                    cfg.task)  # fmt: skip
+    value = metric(probs, targets)
+    sign = 1.0 if cfg.maximize else -1.0  # scores: higher is better
+    raw, avg = sign * row["valid_metric"], sign * value
+    row.update(ema_valid_loss=loss, ema_valid_metric=value)
+    row["kept_weights"] = "ema" if avg > raw else "raw"
+    return (avg, ema.avg.module) if avg > raw else (raw, model)
+
+
+def _save_checkpoint(
+    path: Path, key: dict | str, phase: str, model, opt, hist: History, ema: Ema | None = None
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "key": key,
@@ -441,6 +508,7 @@ def _save_checkpoint(path: Path, key: dict | str, phase: str, model, opt, hist: 
         "lrs": hist.lrs,
         "lr_tests": hist.lr_tests,
         "rng": _rng_state(),
+        "ema": None if ema is None else ema.state(),  # the average and its step count
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -145,6 +145,8 @@ class Train(Section):
     num_workers: Count | Literal["auto"]  # DataLoader workers; auto: from the machine
     mixed_precision: Literal["no", "bf16", "fp16"]  # autocast on GPU only
     compile: bool  # torch.compile the model (GPU only)
+    # decay of an EMA of the weights (timm's ModelEmaV3, with its warm-up); 0 or None: off
+    ema: Annotated[float, Field(ge=0, lt=1)] | None
 
     @field_validator("backbones")
     @classmethod
@@ -182,6 +184,9 @@ class Augment(Section):
     blur: NonNeg  # largest Gaussian blur sigma (px) at strength 1
     noise: Unit  # largest Gaussian noise std (fraction of 255) at strength 1
     cutout: Unit  # side of a dropped square (fraction of the image side) at strength 1
+    # Beta(alpha, alpha) of mixup / cutmix (0: off); a batch is mixed with chance = strength s
+    mixup: NonNeg
+    cutmix: NonNeg
 
     @field_validator("crop_scale", "crop_ratio")
     @classmethod

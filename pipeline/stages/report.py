@@ -9,7 +9,8 @@ top-level `plots:` read them with the templates in .dvc/plots/):
 
 - curves.json: per run (teacher or student, model, fold) and epoch: train and valid loss, the
   valid metric, the peak LR, augmentation strength and image size, with the run's learning-curve
-  verdict and kept epoch
+  verdict and kept epoch; with train.ema also the EMA weights' valid loss and metric, and which
+  weights the run kept (kept_weights: raw or ema)
 - schedule.json: the head group's LR at every optimizer step, and the augmentation strength
 - lr_find.json: every LR range test (loss against LR) with the LR it chose
 - confusion.json: the OOF confusion matrix of what is submitted, counts and the share of each
@@ -88,7 +89,8 @@ def run_curves(role: str, model: str, fold: int, folder: Path) -> pd.DataFrame:
     summary = read_json(folder / "metrics.json")
     metric = next(k for k in summary if k.startswith("valid_") and k != "valid_loss")
     frame = None
-    names = ("train_loss", "valid_loss", metric, "peak_lr", "augment_strength", "image_size")
+    names = ("train_loss", "valid_loss", metric, "peak_lr", "augment_strength", "image_size",
+             "ema_valid_loss", f"ema_{metric}")  # fmt: skip
     for name in names:
         col = read_tsv(folder / "plots" / "metrics" / f"{name}.tsv")
         if col.empty:
@@ -97,12 +99,13 @@ def run_curves(role: str, model: str, fold: int, folder: Path) -> pd.DataFrame:
         frame = col if frame is None else frame.merge(col, on="step", how="outer")
     if frame is None:
         raise PipelineError(f"{folder}/plots/metrics: no per-epoch curves; rerun its train stage")
-    frame = frame.rename(columns={metric: "valid_metric"})
+    frame = frame.rename(columns={metric: "valid_metric", f"ema_{metric}": "ema_valid_metric"})
     frame.insert(0, "epoch", frame.pop("step") + 1)
     verdict = summary.get("learning_curve", "")
     return frame.assign(
         role=role, model=model, fold=fold, run=f"{role} {model}", metric=metric[6:],
         verdict=verdict, best_epoch=summary.get("best_epoch"),
+        kept_weights=summary.get("kept_weights", "raw"),
     )  # fmt: skip
 
 
@@ -154,11 +157,12 @@ def per_class(pairs: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
 
 
 def teacher_student(curves: pd.DataFrame, final: dict) -> pd.DataFrame:
-    """Each fold's kept-epoch valid metric per run, and the CV of the teachers' and students'
-    blends (metrics/final.json)."""
+    """Each fold's kept-epoch valid metric per run (of the weights kept: the EMA's where
+    kept_weights says so), and the CV of the teachers' and students' blends (final.json)."""
     rows = []
     for (run, fold), g in curves.groupby(["run", "fold"]):
-        kept = g.loc[g["epoch"] == g["best_epoch"], "valid_metric"]
+        column = "ema_valid_metric" if g["kept_weights"].iloc[0] == "ema" else "valid_metric"
+        kept = g.loc[g["epoch"] == g["best_epoch"], column]
         rows.append({"fold": f"fold {fold}", "run": run, "score": float(kept.iloc[0])})
     for key, run in (("teacher_cv", "teachers' blend"), ("student_cv", "students' blend")):
         if key in final:
@@ -173,6 +177,14 @@ def notes(final: dict, tables: dict[str, pd.DataFrame]) -> list[str]:
         lines.append(
             f"teachers {final['teacher_cv']:.4f}, students {final['student_cv']:.4f} "
             f"({final['student_minus_teacher']:+.4f})"
+        )
+    curves = tables["curves"]
+    if "ema_valid_metric" in curves:
+        runs = curves.drop_duplicates(["run", "fold"])
+        lines.append(
+            f"EMA of the weights (train.ema): dashed in the valid metric chart; kept in "
+            f"{int((runs['kept_weights'] == 'ema').sum())} of {len(runs)} runs, the raw weights "
+            "in the others"
         )
     if tables["lr_find"].empty:
         lines.append(

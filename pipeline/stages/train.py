@@ -51,6 +51,7 @@ from pipeline.data import (
     Seeded,
     Weighted,
     balanced_sampler,
+    batch_mix,
     build_transforms,
     class_weights,
     epoch_strength,
@@ -462,6 +463,14 @@ def precomputed_head(p: Params, head: Phase, net: nn.Module, d: FoldData, fold, 
     )
 
 
+def with_mixing(phases: list[Phase], net: nn.Module, mix) -> None:
+    """mixup/cutmix (augment.mixup, augment.cutmix) in the phases that train on images: not in
+    a head phase on precomputed features (its module is the classifier alone)."""
+    for ph in phases:
+        if ph.module is net:
+            ph.mix = mix
+
+
 def head_phase(p: Params, spec: Spec, net, groups, loaders, valid, d, fold, acc) -> Phase:
     hc, wd = p.head, p.train.weight_decay
     head_params = groups[-1][1]
@@ -547,7 +556,8 @@ class Recorder:
         self.acc.print(
             f"{self.title} epoch {row['epoch']:>3} [{row['phase']}] "
             f"train_loss {row['train_loss']:.4f} valid_loss {row['valid_loss']:.4f} "
-            f"valid_{self.metric} {row['valid_metric']:.4f} ({row['images_per_s']:.0f} img/s, "
+            f"valid_{self.metric} {row['valid_metric']:.4f}{ema_note(row, self.metric)} "
+            f"({row['images_per_s']:.0f} img/s, "
             f"{row.get('data_wait', 0):.0%} waiting for data, "
             f"augment {sched['augment_strength']:.2f}, {sched['image_size']} px)"
         )
@@ -555,6 +565,9 @@ class Recorder:
             self.live.log_metric("train_loss", row["train_loss"])
             self.live.log_metric("valid_loss", row["valid_loss"])
             self.live.log_metric(f"valid_{self.metric}", row["valid_metric"])
+            if "ema_valid_metric" in row:  # train.ema: the average's curves beside the raw ones
+                self.live.log_metric("ema_valid_loss", row["ema_valid_loss"])
+                self.live.log_metric(f"ema_valid_{self.metric}", row["ema_valid_metric"])
             self.live.log_metric("peak_lr", row["lr"])
             self.live.log_metric("images_per_s", row["images_per_s"])
             self.live.log_metric("data_wait", row.get("data_wait", 0.0))
@@ -579,6 +592,9 @@ class Recorder:
         s.update(train_loss=best["train_loss"], valid_loss=best["valid_loss"])
         s[f"valid_{self.metric}"] = best["valid_metric"]
         s.update(peak_lr=best["lr"], images_per_s=best["images_per_s"], best_epoch=epoch)
+        if "ema_valid_metric" in best:  # the average's at the kept epoch, and which was kept
+            s.update(ema_valid_loss=best["ema_valid_loss"], kept_weights=best["kept_weights"])
+            s[f"ema_valid_{self.metric}"] = best["ema_valid_metric"]
         s.update(self.schedule(epoch - 1))
         s["step"] = epoch - 1  # dvclive's step of that epoch
 
@@ -598,6 +614,20 @@ class Recorder:
     def snapshot(self, m: nn.Module, cycle: int) -> None:
         if self.acc.is_main_process:
             model.save_weights(m, self.ckpt / "snapshots" / f"cycle{cycle}.safetensors")
+
+
+def ema_note(row: dict, metric: str) -> str:
+    """The EMA's score in an epoch's line, with the weights that scored better (train.ema)."""
+    if "ema_valid_metric" not in row:
+        return ""
+    return f" ema_valid_{metric} {row['ema_valid_metric']:.4f} (better: {row['kept_weights']})"
+
+
+def kept_score(row: dict) -> tuple[str, float]:
+    """Which weights an epoch's row keeps (raw, or the EMA with train.ema), and their score."""
+    if row.get("kept_weights") == "ema":
+        return "ema", row["ema_valid_metric"]
+    return "raw", row["valid_metric"]
 
 
 NO_TTA = Tta(views=[], random=0, random_strength=0.0, combine="probs", beta=1.0, batch_size=256)
@@ -628,13 +658,17 @@ def save_outputs(net, hist, rec: Recorder, out: Path, info: dict, about: str, d:
     replacing `out` whole."""
     best = hist.rows[hist.best_epoch - 1]
     reading = curves.verdict([r["valid_loss"] for r in hist.rows])
+    weights, score = kept_score(best)
+    of = " of the EMA weights" if weights == "ema" else ""
     rec.acc.print(
         f"{rec.title}: best epoch {hist.best_epoch} [{best['phase']}] "
-        f"(valid_{rec.metric} {best['valid_metric']:.4f}) is the one kept; learning curve: "
-        f"{reading}"
+        f"(valid_{rec.metric} {score:.4f}{of}) is the one kept; learning curve: {reading}"
     )
     net.load_state_dict(load_file(str(rec.ckpt / "best.safetensors")))
-    info = {**info, "best_epoch": hist.best_epoch, "best_valid_metric": best["valid_metric"]}
+    info = {**info, "best_epoch": hist.best_epoch, "best_valid_metric": score}
+    if "ema_valid_metric" in best:  # train.ema: both scores of the kept epoch, and which won
+        info.update(kept_weights=weights, raw_valid_metric=best["valid_metric"],
+                    ema_valid_metric=best["ema_valid_metric"])  # fmt: skip
     info["learning_curve"] = reading
     with atomic_dir(out) as tmp:  # weights, model.json and snapshots appear together
         model.save(net, tmp, {**info, "phase_lrs": hist.lrs})
@@ -666,6 +700,7 @@ def loop_config(p: Params, task: str, weights: np.ndarray | None, key: dict) -> 
         key=key,
         maximize=metrics.METRICS[p.competition.metric].higher_is_better,
         accumulate=tc.accumulate,
+        ema=p.train.ema or None,
     )
 
 
@@ -685,6 +720,7 @@ def model_info(p: Params, name: str, fold: int, spec: Spec, d: FoldData) -> dict
         "augment": p.augment.model_dump(),  # for TTA's random draws of the training augmentation
         "batch_size": d.batch,
         "sizes": d.sizes,
+        "ema_decay": p.train.ema or None,  # the kept weights may be the average (kept_weights)
     }
     if spec.pseudo is not None:
         info["pseudolabeled"] = len(spec.pseudo)
@@ -716,6 +752,7 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     phases = [full_phase(p, spec, net, groups, loaders, valid)]
     if spec.head_epochs:
         phases.insert(0, head_phase(p, spec, net, groups, loaders, valid, d, fold, acc))
+    with_mixing(phases, net, batch_mix(p.augment, len(index.classes)))
     title = f"student {arch}{'' if arch == name else f' of {name}'}" if student else name
     title = f"{title} fold {fold}"
     about = describe(title, spec, d, groups, phases, acc)
