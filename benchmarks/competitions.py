@@ -37,6 +37,7 @@ competition.metric: f2_samples).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
@@ -143,11 +144,10 @@ def write_multilabel(dest: Path, seed: int) -> None:
 
 def elpv_labels() -> tuple[Path, pd.DataFrame]:
     """The elpv-dataset wheel's image folder and its labels: file, grade 0..3, module type."""
-    try:
-        from elpv_dataset.utils import load_dataset
-    except ImportError:
+    spec = importlib.util.find_spec("elpv_dataset")
+    if spec is None:
         sys.exit("error: elpv needs `pip install elpv-dataset` (benchmarks only)")
-    data = Path(load_dataset.__code__.co_filename).parent / "data"
+    data = Path(spec.origin).parent / "data"
     rows = pd.read_csv(data / "labels.csv", sep=r"\s+", names=["file", "prob", "type"])
     grade = (rows["prob"] * 3).round().astype(int)  # 0, 1/3, 2/3, 1 -> 0..3
     return data, rows.assign(grade=grade)[["file", "grade", "type"]]
