@@ -1,9 +1,21 @@
 """Lay out real small image competitions the way Kaggle ships them, to check the pipeline beyond
-its built-in demo. Every image comes from scikit-learn's bundled digits (1,797 real 8x8 scans).
+its built-in demo. tiny, binary and multilabel come from scikit-learn's bundled digits (1,797
+real 8x8 scans); elpv from real solar-cell scans that pip installs.
 
     python benchmarks/competitions.py tiny DEST [--seed N]        # csv layout, 4 classes
     python benchmarks/competitions.py binary DEST [--seed N]      # csv layout, digits 3 and 8
     python benchmarks/competitions.py multilabel DEST [--seed N]  # planet layout, digit tags
+    python benchmarks/competitions.py elpv DEST [--test-ratio 1:2] [--limit N]   # ordinal grades
+
+elpv: the 2,624 electroluminescence scans of solar cells of `pip install elpv-dataset` (300x300
+grayscale PNG; CC BY-NC-SA 4.0, so they are written where you ask at run time and never enter
+this repository). The defect probability {0, 1/3, 2/3, 1} becomes the ordinal grade 0..3
+(1508/295/106/715 images) as aptos2019 grades retinas: train.csv (id,grade,type; type is the
+module, mono or poly, for competition.group_column or as an extra), train/<id>.png,
+test/<id>.png, sample_submission.csv (id,grade) and the private solution.csv (id,grade). The
+test split is stratified by grade and module type and seeded; --test-ratio TEST:TRAIN sets its
+size (default 1:2, a third of the scans); --limit N keeps a stratified N of all the scans (quick
+runs). Point params.yaml at it with competition.metric: qwk and competition.label_column: grade.
 
 binary: digits 3 and 8 as 100 training and 200 test images, laid out as tiny.
 
@@ -25,6 +37,7 @@ competition.metric: f2_samples).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
@@ -129,21 +142,60 @@ def write_multilabel(dest: Path, seed: int) -> None:
     test.to_csv(dest / "solution.csv", index=False)
 
 
-KINDS: dict[str, Callable[[Path, int], None]] = {
+def elpv_labels() -> tuple[Path, pd.DataFrame]:
+    """The elpv-dataset wheel's image folder and its labels: file, grade 0..3, module type."""
+    spec = importlib.util.find_spec("elpv_dataset")
+    if spec is None:
+        sys.exit("error: elpv needs `pip install elpv-dataset` (benchmarks only)")
+    data = Path(spec.origin).parent / "data"
+    rows = pd.read_csv(data / "labels.csv", sep=r"\s+", names=["file", "prob", "type"])
+    grade = (rows["prob"] * 3).round().astype(int)  # 0, 1/3, 2/3, 1 -> 0..3
+    return data, rows.assign(grade=grade)[["file", "grade", "type"]]
+
+
+def ratio(text: str) -> float:
+    """'TEST:TRAIN' (e.g. 1:2) as the test set's share of the scans."""
+    test, train = (float(x) for x in text.split(":"))
+    return test / (test + train)
+
+
+def write_elpv(dest: Path, seed: int, test_share: float = 1 / 3, limit: int | None = None) -> None:
+    """csv layout of the solar-cell scans, grades 0..3, the test labels in solution.csv only."""
+    data, rows = elpv_labels()
+    strata = rows["grade"].astype(str) + rows["type"]
+    if limit:
+        rows, _ = train_test_split(rows, train_size=limit, stratify=strata, random_state=seed)
+        strata = strata[rows.index]
+    tr, te = train_test_split(rows, test_size=test_share, stratify=strata, random_state=seed)
+    rng = np.random.default_rng(seed)
+    ids = pd.Series(random_ids(len(rows), rng), index=rows.index)
+    for split, part in (("train", tr), ("test", te)):
+        (dest / split).mkdir(parents=True)
+        for i, file in part["file"].items():
+            shutil.copyfile(data / file, dest / split / f"{ids[i]}.png")
+    tr.assign(id=ids[tr.index])[["id", "grade", "type"]].to_csv(dest / "train.csv", index=False)
+    order = rng.permutation(te.index)  # the sample's order is its own, not the files'
+    sample = pd.DataFrame({"id": ids[order].to_numpy(), "grade": 0})
+    sample.to_csv(dest / "sample_submission.csv", index=False)
+    sample.assign(grade=te["grade"][order].to_numpy()).to_csv(dest / "solution.csv", index=False)
+
+
+KINDS: dict[str, Callable[..., None]] = {
     "tiny": write_tiny,
     "binary": write_binary,
     "multilabel": write_multilabel,
+    "elpv": write_elpv,
 }
 
 
-def write_into(dest: Path, kind: str, seed: int) -> None:
+def write_into(dest: Path, kind: str, seed: int, **opts) -> None:
     """Write beside `dest`, then rename into place: DEST never holds half a competition."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         sys.exit(f"error: {dest} exists and is not an empty folder; pick a new DEST")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        KINDS[kind](tmp, seed)
+        KINDS[kind](tmp, seed, **opts)
         if dest.exists():
             dest.rmdir()
         os.replace(tmp, dest)
@@ -156,8 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("kind", choices=sorted(KINDS))
     ap.add_argument("dest", type=Path, help="output folder (must not exist or be empty)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--test-ratio", type=ratio, help="elpv: TEST:TRAIN, default 1:2")
+    ap.add_argument("--limit", type=int, help="elpv: keep a stratified N of the scans")
     args = ap.parse_args(argv)
-    write_into(args.dest, args.kind, args.seed)
+    opts = {"test_share": args.test_ratio, "limit": args.limit} if args.kind == "elpv" else {}
+    write_into(args.dest, args.kind, args.seed, **{k: v for k, v in opts.items() if v})
     print(f"{args.kind}: competition written to {args.dest}/")
 
 

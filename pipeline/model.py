@@ -38,6 +38,7 @@ def create(
         path = Path(pretrained)
         if not path.is_file():
             raise PipelineError(f"model.pretrained: weights file '{path}' not found")
+        check_names(path, name, num_classes)
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path.resolve())})
     else:
         kwargs["pretrained"] = pretrained
@@ -73,6 +74,60 @@ def no_drop_path(name: str) -> PipelineError:
     )
 
 
+def check_names(path: Path, name: str, num_classes: int) -> None:
+    """Refuse a weights file whose tensor names are not the backbone's: timm drops the classifier
+    of the file and then loads non-strictly, so foreign names would leave a random-init network
+    with no error at all."""
+    try:
+        state = timm.models.load_state_dict(str(path))
+    except Exception as e:
+        raise PipelineError(f"model.pretrained: {path}: {weights_problem(e, name)}") from None
+    with torch.device("meta"):  # names and shapes only: no memory, no init time
+        net = timm.create_model(name, num_classes=num_classes, pretrained=False)
+    why = name_mismatch(shapes(state), shapes(net.state_dict()), classifier_names(net), name)
+    if why:
+        raise PipelineError(f"model.pretrained: {path}: {why}")
+
+
+def shapes(state: dict) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, in order, less BatchNorm's step counters (never needed to load)."""
+    return {
+        k: tuple(v.shape)
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and not k.endswith("num_batches_tracked")
+    }
+
+
+def classifier_names(net: nn.Module) -> tuple[str, ...]:
+    """Prefixes of the classifier's tensors, which timm replaces for the competition's classes."""
+    head = net.pretrained_cfg.get("classifier") or ()
+    return tuple(f"{c}." for c in ((head,) if isinstance(head, str) else head))
+
+
+def name_mismatch(file: dict, model: dict, head: tuple[str, ...], name: str) -> str | None:
+    """What differs between the file's tensors and the model's (classifiers aside): how many, the
+    first in the model's order with the file's nearest candidate, and what to do; None: all fit."""
+    file = {k: v for k, v in file.items() if not k.startswith(head)}
+    model = {k: v for k, v in model.items() if not k.startswith(head)}
+    missing = [k for k in model if k not in file]
+    extra = [k for k in file if k not in model]
+    if not missing and not extra:
+        return None
+    if missing:
+        k = missing[0]
+        alike = [e for e in extra if file[e] == model[k]] or extra  # same shape first
+        instead = f"; the file has '{alike[0]}' {file[alike[0]]} unknown to {name}" if alike else ""
+        first = f"{name}'s '{k}' {model[k]} is not in the file{instead}"
+    else:
+        first = f"the file's '{extra[0]}' {file[extra[0]]} has no place in {name}"
+    return (
+        f"does not fit {name}: {len(missing)} of its {len(model)} tensors are not in the file, "
+        f"{len(extra)} of the file's {len(file)} are unknown to it; first, {first}; rename the "
+        "file's tensors to timm's names (benchmarks/weights.py does it for EfficientNet-PyTorch "
+        "files) or set train.backbones to the architecture the file was saved from"
+    )
+
+
 def weights_problem(e: Exception, name: str) -> str:
     """Why a local weights file does not load, in one line."""
     text = str(e)
@@ -85,6 +140,8 @@ def weights_problem(e: Exception, name: str) -> str:
             "holds pickled Python objects (a whole saved model or custom classes), which are "
             "never unpickled; save model.state_dict() as .safetensors or with torch.save"
         )
+    if isinstance(e, AttributeError):  # timm calls .items() on whatever torch.load returned
+        return "holds no state dict (tensor names to tensors); save model.state_dict()"
     return f"not a readable weights file, corrupt or truncated ({type(e).__name__}: {text[:80]})"
 
 

@@ -290,7 +290,7 @@ TAIL = [
     *[Case(f"weights file: {kind}", weights(kind), pattern, argv=TRAIN,
            before=("prepare", "folds"), output="models")
       for kind, pattern in (
-          ("mismatch", r"does not fit resnet10t \(size mismatch"),
+          ("mismatch", r"does not fit resnet10t: .*'conv1\.0\.weight' \(24, 3, 3, 3\) is not in"),
           ("whole model", r"pickled Python objects"),
           ("pickle", r"pickled Python objects"),
           ("corrupt", r"not a readable weights file"),

@@ -1,0 +1,71 @@
+"""Bad input, weights files: a file whose tensor names are not the backbone's stops `train` with
+the first mismatch (name and shape on both sides) and what to do. timm alone would drop the
+file's classifier, load the rest non-strictly and train a random-init network without a word."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from tests.test_bad_input import TRAIN, Case
+from tests.test_bad_input import test_bad_input as run_case
+from tests.test_weights import effnet_pytorch_state
+
+LITE0 = ("train", "--model", "efficientnet_lite0", "--fold", "0")
+
+
+def weights_file(make: Callable[[], object], name: str, backbone: str = "resnet10t") -> Callable:
+    """model.pretrained: the file `make` returns (a state dict or anything), saved beside data/."""
+
+    def f(raw: Path) -> dict:
+        path, obj = raw.parent / name, make()
+        if name.endswith(".safetensors"):
+            save_file(obj, str(path))
+        else:
+            torch.save(obj, path)
+        return {"model": {"pretrained": str(path)}, "train": {"backbones": [backbone]}}
+
+    return f
+
+
+def state_of(model: str, **change: torch.Tensor) -> Callable[[], dict]:
+    def make() -> dict:
+        state = timm.create_model(model, num_classes=3).state_dict()
+        return {k: v.contiguous() for k, v in {**state, **change}.items()}
+
+    return make
+
+
+CASES = [
+    Case("weights in EfficientNet-PyTorch names", weights_file(effnet_pytorch_state,
+         "lite0.pth", "efficientnet_lite0"),
+         r"does not fit efficientnet_lite0: 245 of its 245 tensors are not in the file, 247 of "
+         r"the file's 247 are unknown to it; first, efficientnet_lite0's 'conv_stem\.weight' "
+         r"\(32, 3, 3, 3\) is not in the file; the file has '_conv_stem\.weight' \(32, 3, 3, 3\) "
+         r".*benchmarks/weights\.py.*train\.backbones",
+         argv=LITE0, before=("prepare", "folds"), output="models"),
+    Case("weights of a deeper model (resnet34 into resnet18)", weights_file(state_of("resnet34"),
+         "r34.safetensors", "resnet18"),
+         r"does not fit resnet18: 0 of its \d+ tensors are not in the file, \d+ of the file's \d+ "
+         r"are unknown to it; first, the file's 'layer1\.2\.bn1\.bias' \(64,\) has no place in "
+         r"resnet18",
+         argv=("train", "--model", "resnet18", "--fold", "0"), before=("prepare", "folds"),
+         output="models"),
+    Case("weights with one tensor of another shape", weights_file(state_of("resnet10t",
+         **{"layer1.0.conv1.weight": torch.zeros(8, 32, 3, 3)}), "shape.safetensors"),
+         r"does not fit resnet10t \(size mismatch for layer1\.0\.conv1\.weight", argv=TRAIN,
+         before=("prepare", "folds"), output="models"),
+    Case("weights file holding a list", weights_file(lambda: [torch.zeros(3)], "list.pth"),
+         r"list\.pth: holds no state dict", argv=TRAIN, before=("prepare", "folds"),
+         output="models"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_weights(case: Case, tmp_path, monkeypatch, capsys) -> None:
+    run_case(case, tmp_path, monkeypatch, capsys)
