@@ -108,7 +108,8 @@ class Model(Section):
 
 
 class Head(Section):
-    epochs: Count  # epochs with everything but the head frozen (0: skip the phase)
+    epochs: Count | Literal["auto"]  # epochs with everything but the head frozen (0: skip the
+    # phase); auto: Params.head_epochs()
     lr: Pos | Literal["auto"]  # peak LR of the head phase; auto: LR range test
     train_bn: bool  # BatchNorm of frozen groups keeps training (fastai's default)
     precompute: bool  # train the head on backbone features computed once (frozen BN, no aug)
@@ -295,7 +296,7 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _across_sections(self) -> Params:
-        if self.head.epochs + self.train.epochs < 1:
+        if self.head_epochs() + self.train.epochs < 1:
             raise ValueError("head.epochs + train.epochs must be at least 1")
         if self.lr_find.end <= self.lr_find.start:
             raise ValueError("lr_find.end must be larger than lr_find.start")
@@ -304,10 +305,19 @@ class Params(Section):
         ps = self.pseudo
         if self.diagnose.fold not in self.base.folds:
             raise ValueError(f"diagnose.fold {self.diagnose.fold} is not in base.folds")
-        head = self.head.epochs if ps.init == "scratch" else 0  # a refined teacher has its head
+        head = self.head_epochs() if ps.init == "scratch" else 0  # a refined teacher has its head
         if ps.enabled and head + ps.epochs < 1:
             raise ValueError(f"pseudo.epochs must be at least 1 with pseudo.init: {ps.init}")
         return self
+
+    def head_epochs(self) -> int:
+        """head.epochs, `auto` resolved: 1 when the backbone starts from pretrained weights (a new
+        classifier on top of trained features is fitted first, as fastai's fine_tune does, so
+        its first gradients do not wreck the features), 0 from random init (nothing worth
+        freezing)."""
+        if self.head.epochs == "auto":
+            return 0 if self.model.pretrained is False else 1
+        return self.head.epochs
 
     def students(self) -> dict[str, str]:
         """Each teacher's student: {its folder name (the teacher's backbone): its backbone}."""
@@ -338,9 +348,10 @@ class Params(Section):
 
     def _check_recipe(self) -> None:
         ps, aug, sizes = self.pseudo, self.augment, self.train.sizes
-        runs = [("head.epochs + train.epochs", self.head.epochs + self.train.epochs)]
+        head = self.head_epochs()
+        runs = [("head.epochs + train.epochs", head + self.train.epochs)]
         if ps.enabled:
-            runs.append(("pseudo.epochs", ps.epochs + (self.head.epochs * (ps.init == "scratch"))))
+            runs.append(("pseudo.epochs", ps.epochs + (head * (ps.init == "scratch"))))
         for what, epochs in runs:
             if aug.clean_epochs >= epochs:
                 raise ValueError(

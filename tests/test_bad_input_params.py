@@ -214,3 +214,25 @@ def test_a_resumed_run_draws_what_an_unkilled_run_draws(workdir, monkeypatch):
     draws.clear()
     train.run(p, "resnet10t", 0)
     assert [x for x in draws if x[0] > 0] == unkilled
+
+
+# --- pretrained weights: the head phase and the step floor -------------------------------------
+
+
+@pytest.mark.parametrize(("pretrained", "head"), [(False, 0), (True, 1), ("w.safetensors", 1)])
+def test_head_epochs_auto_fits_a_new_head_first_only_on_pretrained_weights(pretrained, head):
+    p = parse_params(tiny_params({"model": {"pretrained": pretrained}, "head": {"epochs": "auto"}}))
+    assert p.head_epochs() == head and train.teacher_spec(p).head_epochs == head
+    assert parse_params(tiny_params({"head": {"epochs": 2}})).head_epochs() == 2
+
+
+def test_fine_tuning_pretrained_weights_has_no_step_floor(capsys):
+    """200 steps in all is a from-scratch rule: 140 images fine-tuned from ImageNet weights train
+    at batch 8 today, not at the batch the floor would force, and are not warned."""
+    acc = Accelerator(cpu=True)
+    for pretrained, warned in ((False, True), (True, False)):
+        spec = train.Spec(train.TEACHER, 1, 4, 0.004, pretrained=pretrained)
+        train.check_steps(spec, fold(112, 16), acc)  # 7 steps an epoch, 35 in all
+        assert ("warning: 35 optimizer steps" in capsys.readouterr().out) is warned
+    assert train.batch_size("auto", 2000, epochs=3) == 24  # from scratch: >= 200 steps in all
+    assert train.batch_size("auto", 2000) == 64  # pretrained: >= 16 steps an epoch is enough

@@ -86,6 +86,7 @@ class Spec:
     pseudo: pd.DataFrame | None = None  # the student's pseudolabels: id, one target per class
     mix: Pseudo | None = None  # ratio, weight and its ramp-up
     files: tuple[Path, ...] = ()  # inputs beyond train.csv and folds.csv in the resume key
+    pretrained: bool = False  # starts from pretrained weights (hub or file): fine-tuning
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,8 @@ def backbone(p: Params, name: str, student: bool) -> str:
 
 
 def teacher_spec(p: Params) -> Spec:
-    return Spec(TEACHER, p.head.epochs, p.train.epochs, p.train.lr)
+    return Spec(TEACHER, p.head_epochs(), p.train.epochs, p.train.lr,
+                pretrained=p.model.pretrained is not False)  # fmt: skip
 
 
 def student_spec(p: Params, name: str, fold: int, pseudo_dir: Path = PSEUDO) -> Spec | str:
@@ -130,10 +132,11 @@ def student_spec(p: Params, name: str, fold: int, pseudo_dir: Path = PSEUDO) -> 
     if ps.init == "teacher":
         init = TEACHER.models / name / f"fold{fold}" / "model.safetensors"
         check_teacher(init, source["teacher_weights"].get(name), pseudo_dir / f"fold{fold}")
-    head = p.head.epochs if ps.init == "scratch" else 0  # a refined teacher has its head
+    head = p.head_epochs() if ps.init == "scratch" else 0  # a refined teacher has its head
     labels = pseudo_dir / f"fold{fold}" / "labels.csv"
     files = (labels,) if init is None else (labels, init)
-    return Spec(STUDENT, head, ps.epochs, ps.lr, init, frame, ps, files)
+    return Spec(STUDENT, head, ps.epochs, ps.lr, init, frame, ps, files,
+                pretrained=p.model.pretrained is not False)  # fmt: skip
 
 
 def read_pseudolabels(folder: Path, index: Index) -> tuple[pd.DataFrame, dict]:
@@ -290,7 +293,7 @@ def fold_data(
     targets = encode_labels(index.train["label"].iloc[train_rows], index.classes, task)
     norm = model.data_config(net, p.model.mean, p.model.std)
     ratio = mix_ratio(spec)
-    epochs = spec.head_epochs + spec.epochs if spec is not None and spec.init is None else None
+    epochs = spec.head_epochs + spec.epochs if spec is not None and from_scratch(spec) else None
     batch = batch_size(p.train.batch_size, len(train_rows), ratio, epochs, p.train.accumulate)
     if p.train.batch_size == "auto":
         mix = "" if ratio is None else f" (+ {pseudo_share(batch, ratio)} pseudolabeled a batch)"
@@ -317,7 +320,7 @@ def batch_size(
     accumulate: int = 1,
 ) -> int:  # fmt: skip
     """`auto`: the largest multiple of 8 up to 64 whose epoch has at least AUTO_STEPS optimizer
-    steps and, for a model that starts from scratch or hub weights (trained `epochs` in all),
+    steps and, for a model that starts from random weights (trained `epochs` in all),
     whose run has at least MIN_STEPS; 8 when none has. Steps are counted by epoch_steps, as
     check_steps counts them: with train.accumulate k, one every k batches."""
     if setting != "auto":
@@ -357,10 +360,17 @@ def epoch_size(sizes: list[int], epoch: int, total: int) -> int:
     return sizes[min(len(sizes) - 1, epoch * len(sizes) // max(1, total))]
 
 
+def from_scratch(spec: Spec) -> bool:
+    """Random init: MIN_STEPS applies. Fine-tuning pretrained weights, or a student refining its
+    teacher, continues trained features and converges in far fewer steps (fastai's fine_tune:
+    a few epochs of a small data set)."""
+    return spec.init is None and not spec.pretrained
+
+
 def check_steps(spec: Spec, d: FoldData, acc: Accelerator, accumulate: int = 1) -> None:
-    """Warn when a model that starts from scratch or hub weights gets too few optimizer steps."""
-    if spec.init is not None:
-        return  # a student refining its teacher continues a trained model
+    """Warn when a model that starts from random weights gets too few optimizer steps."""
+    if not from_scratch(spec):
+        return
     ratio = mix_ratio(spec)
     per_epoch = epoch_steps(len(d.train_rows), d.batch, ratio, accumulate)
     total = per_epoch * (spec.head_epochs + spec.epochs)
