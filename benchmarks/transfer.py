@@ -11,8 +11,8 @@ Rows, all efficientnet_lite0 on the same competition, folds, image size and epoc
   i    from scratch (random init), E epochs
   ii   ImageNet weights, head only: E epochs on features computed once (head.precompute)
   iii  ImageNet weights, everything unfrozen at one LR (lr_mult 1), no head phase, E epochs
-  iv   ImageNet weights, the default recipe: params.yaml plus RECIPE below (1 head epoch, then
-       E epochs unfrozen with differential LRs), the budget of fastai's fine_tune(E)
+  iv   ImageNet weights, the default recipe: params.yaml as it is (head.epochs auto: 1 head
+       epoch, then E epochs unfrozen with differential LRs), the budget of fastai's fine_tune(E)
   v    iv + mixup/cutmix (augment.mixup, augment.cutmix)
   vi   iv + an EMA of the weights (train.ema)
   vii  fastai 2.8's fine_tune(E, freeze_epochs=1) on the same weights, split (the folds.csv the
@@ -49,8 +49,8 @@ from pipeline.metrics import value  # noqa: E402
 from tests.conftest import Project, merge  # noqa: E402
 
 MODEL = "efficientnet_lite0"
-RECIPE = {"head": {"epochs": 1}}  # params.yaml's advice for pretrained weights ("1-3"); the
-# pretrained-aware defaults of issue 21 will make this {}
+RECIPE: dict = {}  # params.yaml as it is: head.epochs auto gives 1 head epoch with pretrained
+# weights, the budget of fastai's fine_tune(E)
 MIXUP = {"augment": {"mixup": 0.4, "cutmix": 1.0}}  # alphas, as timm's train.py defaults
 EMA = {"train": {"ema": 0.999}}
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaggle-image-pipeline"
