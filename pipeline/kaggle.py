@@ -323,12 +323,7 @@ def archive_files(archive: Path) -> list[str]:
 
 
 def _7z_files(archive: Path) -> list[str]:
-    try:
-        import py7zr
-    except ImportError as e:
-        raise PipelineError(
-            f"{archive.name} is a 7z archive: run `pip install py7zr` to extract it"
-        ) from e
+    py7zr = _py7zr(archive)
     try:
         with py7zr.SevenZipFile(archive, mode="r") as zf:
             return [f.filename for f in zf.list() if not f.is_directory]
@@ -439,13 +434,18 @@ def _extract_tar(archive: Path, dest: Path) -> None:
         raise _corrupt(archive, e) from e
 
 
-def _extract_7z(archive: Path, dest: Path) -> None:
+def _py7zr(archive: Path):
     try:
         import py7zr  # optional: only cifar-10 / planet style competitions ship .7z
     except ImportError as e:
         raise PipelineError(
             f"{archive.name} is a 7z archive: run `pip install py7zr` to extract it"
         ) from e
+    return py7zr
+
+
+def _extract_7z(archive: Path, dest: Path) -> None:
+    py7zr = _py7zr(archive)
     try:
         with py7zr.SevenZipFile(archive, mode="r") as zf:
             _check_names(archive, zf.getnames())
