@@ -5,11 +5,13 @@ dependency of the project), one fold after the other, and writes the OOF probabi
     FASTAI_PYTHON benchmarks/transfer_fastai.py --images DIR --folds folds.csv --weights W \
         --size 96 --epochs 5 --batch-size 32 --out oof.csv
 
-The model is timm's efficientnet_lite0 holding the converted ImageNet weights (classifier new),
-given to fastai's Learner with two parameter groups, body and classifier: `fine_tune` trains the
-classifier for one epoch (BatchNorm of the body too, fastai's default), then everything with
-differential learning rates (body base_lr / 100) under one cycle, Adam, fastai's defaults;
-augmentation: fastai's aug_transforms with vertical flips, as the pipeline rows' `flips: all`.
+The model is what fastai's `vision_learner` builds for a timm name: timm's efficientnet_lite0
+body, here holding the converted ImageNet weights, and fastai's own new head (concat pooling,
+BatchNorm, dropout, two linear layers, kaiming init) in two parameter groups, body and head.
+`fine_tune` trains the head for one epoch (BatchNorm of the body too, fastai's default), then
+everything with differential learning rates (body base_lr / 100) under one cycle, Adam, fastai's
+defaults; augmentation: fastai's aug_transforms with vertical flips, as the pipeline rows'
+`flips: all`.
 """
 
 from __future__ import annotations
@@ -19,33 +21,27 @@ from pathlib import Path
 
 import fastai.callback.schedule  # noqa: F401  (adds Learner.fine_tune, fit_one_cycle)
 import pandas as pd
-import timm
 import torch
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.transforms import ColReader, IndexSplitter, Normalize
 from fastai.learner import Learner
-from fastai.losses import CrossEntropyLossFlat
-from fastai.torch_core import params
 from fastai.vision.augment import Resize, aug_transforms
 from fastai.vision.core import imagenet_stats
 from fastai.vision.data import ImageBlock
+from fastai.vision.learner import vision_learner
 from safetensors.torch import load_file
 
 MODEL = "efficientnet_lite0"
 
 
-def pretrained(n_classes: int, weights: Path) -> torch.nn.Module:
-    """timm's model with every tensor of the file but the 1000-class classifier."""
-    net = timm.create_model(MODEL, num_classes=n_classes)
+def learner(dls, weights: Path) -> Learner:
+    """fastai's learner for the timm name, its body given every tensor of the file but the
+    1000-class classifier (pretrained=False: fastai would download them)."""
+    learn = vision_learner(dls, MODEL, pretrained=False, normalize=False)
+    body = learn.model[0].model  # TimmBody's timm model, built with num_classes=0
     state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("classifier.")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith("classifier.") for k in missing), missing
-    return net
-
-
-def body_and_head(net: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
-    body = [p for n, p in net.named_parameters() if not n.startswith("classifier.")]
-    return [body, params(net.classifier)]
+    body.load_state_dict(state)  # strict: every tensor of the body, by name
+    return learn
 
 
 def fold_probs(frame: pd.DataFrame, fold: int, classes: list[str], a) -> pd.DataFrame:
@@ -60,8 +56,7 @@ def fold_probs(frame: pd.DataFrame, fold: int, classes: list[str], a) -> pd.Data
         batch_tfms=[*aug_transforms(flip_vert=True), Normalize.from_stats(*imagenet_stats)],
     )
     dls = block.dataloaders(frame, bs=a.batch_size, num_workers=0, device=a.device)
-    net = pretrained(len(classes), a.weights)
-    learn = Learner(dls, net, loss_func=CrossEntropyLossFlat(), splitter=body_and_head)
+    learn = learner(dls, a.weights)
     learn.fine_tune(a.epochs, freeze_epochs=1)
     probs, _ = learn.get_preds(dl=dls.valid)
     out = pd.DataFrame(probs.numpy(), columns=classes)

@@ -56,7 +56,22 @@ def create(
                 "model.pretrained to a local weights file"
             ) from None
         raise
+    if pretrained is not False:
+        zero_new_classifier(net, num_classes)
     return check_drop_path(net, name, drop_path_rate)
+
+
+def zero_new_classifier(net: nn.Module, num_classes: int) -> None:
+    """A new classifier on pretrained features starts at zero (BiT's rule): the first loss is
+    ln(classes) and the first steps fit the head. timm's own init of a new head is the one for
+    training from scratch; on pretrained features it gives logits of tens (efficientnet's scales
+    by 1/sqrt(classes): a 4-class head starts near loss 6) that the first epochs spend undoing.
+    timm keeps the file's classifier when the classes match its config's: then nothing is new."""
+    if num_classes == net.pretrained_cfg.get("num_classes"):
+        return
+    last = [m for m in net.get_classifier().modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    for q in last[-1].parameters() if last else ():
+        nn.init.zeros_(q)
 
 
 def check_drop_path(net: nn.Module, name: str, rate: float) -> nn.Module:

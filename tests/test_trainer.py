@@ -90,6 +90,21 @@ def test_local_weights_file_with_1000_class_head_loads_into_10_classes(tmp_path)
     assert body and all(torch.equal(mine[k], saved[k]) for k in body)
 
 
+def test_a_new_head_on_pretrained_weights_starts_at_zero_and_a_kept_one_is_the_files(tmp_path):
+    src = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
+    file = tmp_path / "lite0.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(file))
+    x = torch.rand(3, 3, 32, 32)
+    new = model.create("efficientnet_lite0", 4, str(file)).eval()
+    assert all(not q.any() for q in new.get_classifier().parameters())
+    loss = torch.nn.functional.cross_entropy(new(x), torch.tensor([0, 1, 3]))
+    assert loss.item() == pytest.approx(np.log(4))  # not timm's init: logits of tens at 4 classes
+    kept = model.create("efficientnet_lite0", 1000, str(file)).eval()
+    assert torch.equal(kept.get_classifier().weight, src.get_classifier().weight)
+    scratch = model.create("efficientnet_lite0", 4, False)
+    assert scratch.get_classifier().weight.abs().sum() > 0  # from scratch: timm's own init
+
+
 def test_missing_weights_file_is_named(tmp_path):
     with pytest.raises(PipelineError, match="nope.safetensors' not found"):
         model.create("resnet10t", 3, str(tmp_path / "nope.safetensors"))
