@@ -219,7 +219,7 @@ class Pseudo(Section):
     enabled: bool  # false: no student trains; the submission comes from the teachers
     source: Literal["fold", "ensemble"]  # fold: fold k's teachers label for fold k's student
     threshold: Annotated[float, Field(ge=0, le=1)]  # keep an image if its top probability >= it
-    class_cap: bool  # no class takes more than its training share of the kept images
+    class_cap: bool  # a class keeps at most its training share of all confident images
     soft: bool  # train on the teacher's probabilities (true) or on hard labels (false)
     temperature: Pos  # soft targets p ** (1 / T), renormalised: T < 1 sharpens
     ratio: Annotated[float, Field(ge=2, le=4)]  # N of pseudo:labeled = 1:N in every batch

@@ -107,27 +107,53 @@ def test_multi_label_keeps_images_whose_every_tag_is_certain():
     assert keep.tolist() == [True, False, False, True]  # 0.15 is inside [0.1, 0.9], 0.08 not
 
 
-def test_class_cap_keeps_the_training_proportions():
+def test_class_cap_holds_a_class_to_its_training_share_of_the_confident_images():
     # 90 confident images of class 0, 10 of class 1; training shares 50/50
     probs = np.array([[0.99, 0.01]] * 90 + [[0.05, 0.95]] * 10)
     probs[:90, 0] -= np.linspace(0, 0.05, 90)  # distinct confidences
     probs[:90, 1] = 1 - probs[:90, 0]
     kept = pseudolabel.select(probs, "single_label", 0.9, shares=np.array([0.5, 0.5]))
-    assert kept[90:].all() and kept[:90].sum() == 11  # 11 + 10: within one image of 50/50
-    assert kept[:11].all()  # the most confident of the majority class stay
+    assert kept[90:].all() and kept[:90].sum() == 50  # half of the 100 confident ones
+    assert kept[:50].all()  # the most confident of the majority class stay
     assert pseudolabel.select(probs, "single_label", 0.9).sum() == 100  # no cap: all of them
 
 
+def test_one_hard_class_never_throttles_the_others():
+    # 10 classes of equal training share; the teachers are sure of 100 test images of each class
+    # but 3 of the hard class 7 (97 more of class 7 fall below the threshold)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 100)
+    top = np.where(labels == 7, 0.5, rng.uniform(0.91, 0.999, 1000))
+    top[np.flatnonzero(labels == 7)[:3]] = 0.95
+    probs = np.full((1000, 10), 0.0)
+    probs[np.arange(1000), labels] = top
+    probs += ((1 - top) / 9)[:, None] * (probs == 0)
+    confident = probs.max(1) >= 0.9
+    kept = pseudolabel.select(probs, "single_label", 0.9, shares=np.full(10, 0.1))
+    assert confident.sum() == 903 and kept.sum() >= confident.sum() / 2
+    per_class = np.bincount(labels[kept], minlength=10)
+    assert per_class[7] == 3  # the hard class keeps all it has
+    assert (np.delete(per_class, 7) == 91).all()  # the others: ceil(0.1 * 903), not 3 each
+    for c in range(10):  # within a class, the most confident stay
+        left_out = probs[confident & ~kept & (labels == c)].max(1)
+        assert not left_out.size or probs[kept & (labels == c)].max(1).min() >= left_out.max()
+    frame = pd.DataFrame(probs, columns=[f"c{i}" for i in range(10)])
+    rows, counts = pseudolabel.label_frame(
+        frame, "single_label", pseudo_params(threshold=0.9), np.full(10, 0.1), None
+    )
+    assert len(rows) == kept.sum() and counts["capped"].sum() == confident.sum() - kept.sum()
+    assert counts.loc["c7"].tolist() == [3, 97, 0] and counts.loc["c0"].tolist() == [91, 9, 9]
+
+
 @pytest.mark.parametrize("seed", range(5))
-def test_no_class_share_exceeds_its_training_share(seed):
+def test_no_class_keeps_more_than_its_share_of_the_confident_images(seed):
     rng = np.random.default_rng(seed)
     available = rng.integers(0, 200, 6)
     shares = rng.dirichlet(np.ones(6))
     n = pseudolabel.cap_counts(available, shares)
-    assert (n <= available).all() and n.sum() > 0
-    s = np.where(available > 0, shares, 0) / shares[available > 0].sum()
-    assert (n <= np.ceil(s * n.sum())).all()  # at most its share of what is kept (rounded up)
-    assert ((n == available) | (n >= np.floor(s * n.sum()))).all()  # all of it, or its share
+    cap = np.ceil(shares * available.sum() - 1e-9)
+    assert (n <= available).all() and (n <= cap).all() and n.sum() > 0
+    assert ((n == available) | (n == cap)).all()  # all it has, or its whole share
 
 
 def test_soft_targets_sharpen_with_temperature():
@@ -251,9 +277,9 @@ def test_counts_per_class_kept_and_dropped_are_a_metric(workdir):
     assert saved == json.loads(json.dumps(report))
     assert saved["fold0"]["kept"] == 4
     assert saved["fold0"]["per_class"] == {
-        "cat": {"kept": 4, "dropped": 2},
-        "dog": {"kept": 0, "dropped": 0},
-        "fox": {"kept": 0, "dropped": 2},
+        "cat": {"kept": 4, "dropped": 2, "capped": 0},
+        "dog": {"kept": 0, "dropped": 0, "capped": 0},
+        "fox": {"kept": 0, "dropped": 2, "capped": 0},
     }
     hard = pseudolabel.run(
         pseudo_params(threshold=0.9, soft=False, class_cap=False), ["m"], [0, 1], "accuracy"

@@ -10,14 +10,15 @@ folds' teachers trained on fold k's validation rows, so that CV is optimistic.
 
 Selection: an image is kept when its confidence reaches `pseudo.threshold` (single-label: the top
 probability; multi-label: every tag's probability outside [1 - t, t]). With `class_cap`
-(single-label), no class's share of the kept images exceeds its share of the fold's training rows
-(the most confident stay; see `cap_counts`).
+(single-label), a class keeps at most its share of the fold's training rows times the number of
+confident images (the most confident stay; a hard class with few keeps them all: `cap_counts`).
 Targets: the probabilities (`soft`, sharpened by `temperature`) or hard labels (multi-label: tags
 through thresholds tuned on the other folds' out-of-fold predictions, or the ensemble's).
 
 Writes pseudo/fold<k>/labels.csv (id, label, confidence, one target column per class: what the
 student trains on), pseudo/fold<k>/source.json (provenance: source, teachers and the sha256 of
-their weights, settings, counts) and metrics/pseudo.json (kept and dropped per class and fold).
+their weights, settings, counts) and metrics/pseudo.json (kept, dropped and capped per class and
+fold).
 """
 
 from __future__ import annotations
@@ -54,20 +55,15 @@ def confidence(probs: np.ndarray, task: str) -> np.ndarray:
 
 
 def cap_counts(available: np.ndarray, shares: np.ndarray) -> np.ndarray:
-    """Images per class so that no class's share of the total exceeds its training share.
+    """Images per class: all of a class's confident images, up to its training share of every
+    confident image (N, all classes together): min(available_c, ceil(share_c * N)).
 
-    The largest total K whose caps min(available_c, ceil(share_c * K)) still add up to K: a class
-    with many confident images keeps at most its share of K, one with few keeps them all. Classes
-    with no confident image are left out of the shares (else nothing would be kept).
+    A class with few confident images (a hard one) keeps all of them and takes nothing from the
+    others; one with more than its share keeps its most confident share_c * N. Capping at a share
+    of what is *kept* instead would let the least confident class set everyone's count (one hard
+    class with 23 confident images held 10 classes to about 23 each).
     """
-    s = np.where(available > 0, shares, 0.0)
-    if s.sum() == 0:
-        return np.zeros_like(available)
-    s = s / s.sum()
-    totals = np.arange(int(available.sum()) + 1)
-    caps = np.minimum(available, np.ceil(np.outer(totals, s) - 1e-9).astype(int))
-    k = totals[caps.sum(1) >= totals].max()
-    return np.minimum(available, np.ceil(s * k - 1e-9).astype(int))
+    return np.minimum(available, np.ceil(shares * available.sum() - 1e-9).astype(int))
 
 
 def cap_to_shares(pred: np.ndarray, conf: np.ndarray, keep: np.ndarray, shares: np.ndarray):
@@ -112,7 +108,8 @@ def hard_targets(probs: np.ndarray, task: str, thresholds: np.ndarray | None) ->
 def label_frame(
     probs: pd.DataFrame, task: str, ps: Pseudo, shares: np.ndarray | None, thresholds
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(kept rows: id, label, confidence, targets per class; counts per class kept/dropped)."""
+    """(kept rows: id, label, confidence, targets per class; counts per class: kept, dropped,
+    and of those dropped the confident ones the class cap left out)."""
     p, classes = probs.to_numpy(), list(probs.columns)
     keep = select(p, task, ps.threshold, shares if ps.class_cap else None)
     hard = hard_targets(p, task, thresholds)
@@ -127,7 +124,10 @@ def label_frame(
     frame.insert(0, "confidence", confidence(p, task).round(6))
     frame.insert(0, "label", label)
     frame.insert(0, "id", probs.index.to_numpy())
-    counts = pd.DataFrame({"kept": hard[keep].sum(0), "dropped": hard[~keep].sum(0)}, index=classes)
+    capped = hard[~keep & (confidence(p, task) >= ps.threshold)].sum(0)  # confident, over the cap
+    counts = pd.DataFrame(
+        {"kept": hard[keep].sum(0), "dropped": hard[~keep].sum(0), "capped": capped}, index=classes
+    )
     return frame[keep].reset_index(drop=True), counts
 
 
@@ -197,6 +197,17 @@ def label_fold(index: Index, ps: Pseudo, k: int, inputs, fold_table) -> tuple[pd
     return frame, info
 
 
+def kept_line(found: dict, n_test: int) -> str:
+    """How many images were kept, why the others were not, and each class's count."""
+    per_class, kept = found["per_class"], found["kept"]
+    capped = sum(c["capped"] for c in per_class.values())  # single-label: one class an image
+    classes = ", ".join(f"{name} {c['kept']}" for name, c in per_class.items())
+    return (
+        f"{kept} of {n_test} test images kept ({n_test - kept - capped} below the threshold, "
+        f"{capped} over their class's cap); per class: {classes}"
+    )
+
+
 def run(
     ps: Pseudo,
     backbones: list[str],
@@ -230,7 +241,7 @@ def run(
                 frame, found = label_fold(index, ps, k, inputs, fold_table)
                 info |= found
                 report[f"fold{k}"] = {"kept": found["kept"], "per_class": found["per_class"]}
-                print(f"pseudolabel: fold {k}: {len(frame)} of {n_test} test images kept")
+                print(f"pseudolabel: fold {k}: {kept_line(found, n_test)}")
             write_csv(tmp / f"fold{k}" / "labels.csv", frame)
             write_json(tmp / f"fold{k}" / "source.json", info)
     if not ps.enabled:
