@@ -49,6 +49,8 @@ def summary() -> None:
                 f"  teachers {c['teacher_cv']:.4f}, students {c['student_cv']:.4f} "
                 f"({c['student_minus_teacher']:+.4f}), pseudolabels from: {c['pseudo_source']}"
             )
+        if c.get("fell_back"):
+            print(f"  the teachers are submitted: {c['fell_back']}")
         if "warning" in c:
             print(f"  WARNING: {c['warning']}")
     if local.exists():

@@ -232,6 +232,7 @@ class Pseudo(Section):
     epochs: Count  # the student's unfrozen-phase epochs (train.epochs for teachers)
     lr: Pos | Literal["auto"]  # the student's peak LR of the head group (train.lr for teachers)
     blend_teachers: bool  # the final ensemble averages teachers and students, not students alone
+    submit: Literal["auto", "students"]  # auto: the teachers when the students score worse
 
     @field_validator("backbones", mode="before")
     @classmethod

@@ -422,3 +422,59 @@ def test_a_round_that_is_off_writes_its_skip_outputs_without_torch(tmp_path):
         assert "pseudo.enabled is false" in marker["skipped"]
     live = tmp_path / "students/dvclive/resnet10t/fold1"
     assert (live / "plots").is_dir() and (live / "metrics.json").exists()
+
+
+# --- submit what the CV supports ----------------------------------------------------------
+
+
+def fake_preds(folder, fold: int, noise: float, seed: int) -> None:
+    """{oof,test}.csv of one fold model: the true class's probability lowered by `noise`."""
+    index, folds = read_index(), read_folds()
+    _, valid = fold_rows(index, folds, fold)
+    rng = np.random.default_rng(seed)
+    labels = index.train["label"].iloc[valid].map(CLASSES.index).to_numpy()
+    oof = rng.dirichlet(np.ones(3), len(valid)) * noise + np.eye(3)[labels] * (1 - noise)
+    test = rng.dirichlet(np.ones(3), len(index.test))
+    for split, ids, p in (
+        ("oof", index.train["id"].iloc[valid], oof),
+        ("test", index.test["id"], test),
+    ):
+        frame = pd.DataFrame(p, columns=CLASSES)
+        frame.insert(0, "id", ids.to_numpy())
+        (folder / f"fold{fold}").mkdir(parents=True, exist_ok=True)
+        frame.to_csv(folder / f"fold{fold}" / f"{split}.csv", index=False)
+
+
+@pytest.mark.parametrize("submit_as", ["auto", "students"])
+def test_students_scoring_worse_beyond_noise_are_not_submitted_unless_asked(
+    workdir, capsys, submit_as
+):
+    over = {"pseudo": {"submit": submit_as}, "competition": {"metric": "log_loss"}}
+    p = parse_params(tiny_params(over))
+    for k in (0, 1):  # teachers nearly right on every OOF row; students near chance
+        fake_preds(workdir / "preds/resnet10t", k, noise=0.2, seed=k)
+        fake_preds(workdir / "students/preds/resnet10t", k, noise=1.0, seed=10 + k)
+    teachers = ensemble.run(["resnet10t"], [0, 1], "log_loss")
+    final = ensemble.run_final(p)
+    out = capsys.readouterr().out
+    assert final["student_cv"] > teachers["cv"] + 0.3 and final["students_worse"]
+    saved = json.loads((workdir / "metrics/final.json").read_text())
+    if submit_as == "auto":
+        assert final["submitted"] == "teacher resnet10t" and final["cv"] == teachers["cv"]
+        assert saved["fell_back"] and "submitting the teachers" in out
+        pd.testing.assert_frame_equal(
+            pd.read_csv(workdir / "final/test.csv"), pd.read_csv(workdir / "ensemble/test.csv")
+        )
+    else:
+        assert final["submitted"] == "student resnet10t" and final["cv"] == final["student_cv"]
+        assert "fell_back" not in saved and "WARNING" in out
+
+
+def test_students_within_noise_of_the_teachers_are_submitted(workdir):
+    p = parse_params(tiny_params({"competition": {"metric": "accuracy"}}))
+    for k in (0, 1):  # the same quality: the difference is noise
+        fake_preds(workdir / "preds/resnet10t", k, noise=0.9, seed=k)
+        fake_preds(workdir / "students/preds/resnet10t", k, noise=0.9, seed=20 + k)
+    ensemble.run(["resnet10t"], [0, 1], "accuracy")
+    final = ensemble.run_final(p)
+    assert final["submitted"] == "student resnet10t" and final["students_worse"] is None

@@ -246,9 +246,13 @@ def print_report(title: str, cv: dict, mode: str) -> None:
     print(f"  {'blend (' + mode + ' weights)':<40} {cv['cv']:.4f}   weights: {weights}")
 
 
+def teacher_members(p: Params) -> dict[str, Path]:
+    return {f"teacher {n}": TEACHER.preds / n for n in p.train.backbones}
+
+
 def final_members(p: Params) -> dict[str, Path]:
     """What the submission blends: students (+ teachers), or the teachers alone."""
-    teachers = {f"teacher {n}": TEACHER.preds / n for n in p.train.backbones}
+    teachers = teacher_members(p)
     if not p.pseudo.enabled:
         return teachers
     students = {  # a student's folder is named by its teacher; its label names its backbone
@@ -280,11 +284,49 @@ def run_final(
     summary["teacher_cv"] = teacher
     if p.pseudo.enabled:
         summary |= students_summary(index, p, chosen, teacher)
+        t_chosen, t_reported = collect(index, teacher_members(p), folds, ens.snapshots)
+        t_blend, t_cv = cv_report(index, metric, t_chosen, t_reported, ens.weights)
+        fold = next(iter(chosen.values())).fold
+        why = students_worse(index, metric, fold, b, t_blend)
+        summary["students_worse"] = why
+        if why is not None and p.pseudo.submit == "auto":
+            chosen, b, cv = t_chosen, t_blend, t_cv
+            summary |= {"cv": cv["cv"], "submitted": ", ".join(t_chosen), "fell_back": why}
     write_blend(index, metric, b, list(chosen), out, out_confusion)
     write_json(out_metrics, {**summary, "report": cv})
     print_report("ensemble --final", cv, ens.weights)
     print_final(summary)
     return summary
+
+
+def per_fold(index: Index, metric: str, fold: np.ndarray, b: Blend) -> np.ndarray:
+    """The blend's metric on each fold's OOF rows (decided with the thresholds those rows had)."""
+    targets = encode_labels(index.train["label"], index.classes, index.meta["task"])
+    oof = b.oof.to_numpy()
+    return np.array([
+        metrics.report(oof[fold == k], targets[fold == k], b.row_thresholds[fold == k])[metric]
+        for k in np.unique(fold)
+    ])  # fmt: skip
+
+
+def students_worse(
+    index: Index, metric: str, fold: np.ndarray, students: Blend, teachers: Blend
+) -> str | None:
+    """Why the students' blend is worse than the teachers' beyond noise, or None: on the same
+    OOF rows, the CV difference exceeds the standard error of the per-fold differences."""
+    sign = 1 if metrics.METRICS[metric].higher_is_better else -1
+    diff = sign * (
+        per_fold(index, metric, fold, students) - per_fold(index, metric, fold, teachers)
+    )
+    gap = sign * (students.report[metric] - teachers.report[metric])
+    se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
+    if gap >= 0 or -gap <= se:
+        return None
+    return (
+        f"the students' CV {metric} {students.report[metric]:.4f} is worse than the teachers' "
+        f"{teachers.report[metric]:.4f} by more than the standard error of the per-fold "
+        f"differences ({se:.4f})"
+    )
 
 
 def students_summary(index: Index, p: Params, chosen: dict[str, Member], teacher: float) -> dict:
@@ -321,6 +363,10 @@ def print_final(s: dict) -> None:
             f"({s['student_minus_teacher']:+.4f})"
         )
     print(line)
+    if s.get("fell_back"):
+        print(f"ensemble --final: submitting the teachers: {s['fell_back']} (pseudo.submit: auto)")
+    elif s.get("students_worse"):
+        print(f"WARNING: {s['students_worse']}; submitting them as pseudo.submit: students asks")
     if "warning" in s:
         print(f"WARNING: {s['warning']}")
 

@@ -28,7 +28,7 @@ from pipeline import kaggle
 from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_json, write_text
 from pipeline.params import Params, load_params
 from pipeline.roles import STUDENT, TEACHER
-from pipeline.stages.ensemble import final_members
+from pipeline.stages.ensemble import final_members, teacher_members
 
 OUT = Path("export")
 PUSHED = Path("submissions/kernel.json")
@@ -77,10 +77,10 @@ def bundle_spec(p: Params, final: Path = Path("final")) -> dict:
     """bundle.json: the blend that final/ holds, member by member, in its order."""
     decision = read_json(final / "thresholds.json")
     meta = read_json(Path("data/prepared/meta.json"))
-    members = []
+    members, folders = [], {**teacher_members(p), **final_members(p)}  # teachers: the fallback
     for label, weight in decision["weights"].items():
         base = label.removesuffix(" snapshots")
-        folder = final_members(p)[base]
+        folder = folders[base]
         folds = member_entries(base, folder, p, label.endswith(" snapshots"))
         members.append({"label": label, "weight": weight, "folds": folds})
     return {

@@ -178,6 +178,11 @@ def notes(final: dict, tables: dict[str, pd.DataFrame]) -> list[str]:
             f"teachers {final['teacher_cv']:.4f}, students {final['student_cv']:.4f} "
             f"({final['student_minus_teacher']:+.4f})"
         )
+    if final.get("fell_back"):
+        lines.append(f"the teachers are submitted: {final['fell_back']} (pseudo.submit: auto)")
+    elif final.get("students_worse"):
+        why = final["students_worse"]
+        lines.append(f"the students are submitted (pseudo.submit: students), though {why}")
     curves = tables["curves"]
     if "ema_valid_metric" in curves:
         runs = curves.drop_duplicates(["run", "fold"])
