@@ -22,7 +22,7 @@ from pipeline.files import PipelineError
 from pipeline.index import fold_rows, read_folds, read_index
 from pipeline.loop import Criterion
 from pipeline.params import Pseudo, parse_params
-from pipeline.stages import ensemble, predict, pseudolabel, submit, train
+from pipeline.stages import diagnose, ensemble, export, predict, pseudolabel, submit, train
 from tests.conftest import CLASSES, ROOT, tiny_params
 
 # --- mixing: every batch 1:N ------------------------------------------------------------
@@ -462,12 +462,22 @@ def test_students_scoring_worse_beyond_noise_are_not_submitted_unless_asked(
     if submit_as == "auto":
         assert final["submitted"] == "teacher resnet10t" and final["cv"] == teachers["cv"]
         assert saved["fell_back"] and "submitting the teachers" in out
+        assert diagnose.chosen_model(p) == (train.TEACHER, "resnet10t")  # shows what is sent
+        for k in (0, 1):  # what predict and train leave for export to bundle
+            (workdir / f"preds/resnet10t/fold{k}/tta.json").write_text('{"beta": 1.0}')
+            weights = workdir / f"models/resnet10t/fold{k}/model.safetensors"
+            weights.parent.mkdir(parents=True)
+            weights.write_bytes(b"teacher")
+        (member,) = export.bundle_spec(p)["members"]
+        assert member["label"] == "teacher resnet10t"
+        assert member["folds"]["1"][0]["dir"] == "models/teacher/resnet10t/fold1"
         pd.testing.assert_frame_equal(
             pd.read_csv(workdir / "final/test.csv"), pd.read_csv(workdir / "ensemble/test.csv")
         )
     else:
         assert final["submitted"] == "student resnet10t" and final["cv"] == final["student_cv"]
         assert "fell_back" not in saved and "WARNING" in out
+        assert diagnose.chosen_model(p) == (train.STUDENT, "resnet10t")
 
 
 def test_students_within_noise_of_the_teachers_are_submitted(workdir):

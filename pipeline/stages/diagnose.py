@@ -118,10 +118,18 @@ def grid_size(n: int, cols: int, size: int, lines: int) -> tuple[int, int]:
     return cols * (size + PAD) + PAD, 2 * LINE + rows * (size + LINE * lines + PAD) + PAD
 
 
+def submits_students(p: Params, final: Path = Path("final/thresholds.json")) -> bool:
+    """Whether the submitted blend holds students: final/ says (`ensemble --final` submits the
+    teachers when the students score worse), else pseudo.enabled."""
+    if not final.exists():
+        return p.pseudo.enabled
+    return any(label.startswith("student") for label in read_json(final).get("weights", {}))
+
+
 def chosen_model(p: Params) -> tuple[Role, str]:
     """The role and backbone to diagnose: diagnose.model, else the first of what is submitted."""
     students = [n for n in p.train.backbones if skipped(STUDENT.models / n / "fold0") is None]
-    names = students if p.pseudo.enabled and students else p.train.backbones
+    names = students if submits_students(p) and students else p.train.backbones
     role = STUDENT if names is students else TEACHER
     name = p.diagnose.model or names[0]
     if name not in names:
