@@ -120,11 +120,12 @@ def label_frame(
         else names[p.argmax(1)].tolist()
     )
     tgt = soft_targets(p, task, ps.temperature) if ps.soft else hard
+    conf = confidence(p, task)
     frame = pd.DataFrame(tgt, columns=classes)
-    frame.insert(0, "confidence", confidence(p, task).round(6))
+    frame.insert(0, "confidence", conf.round(6))
     frame.insert(0, "label", label)
     frame.insert(0, "id", probs.index.to_numpy())
-    capped = hard[~keep & (confidence(p, task) >= ps.threshold)].sum(0)  # confident, over the cap
+    capped = hard[~keep & (conf >= ps.threshold)].sum(0)  # confident, over the cap
     counts = pd.DataFrame(
         {"kept": hard[keep].sum(0), "dropped": hard[~keep].sum(0), "capped": capped}, index=classes
     )
