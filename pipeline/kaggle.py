@@ -145,22 +145,29 @@ def _masked(text: str, secrets: set[str]) -> str:
     return text
 
 
+def _has_http(text: str, code: int) -> bool:
+    """An HTTP status as a whole number: not the digits inside a port or an id (a proxy on
+    127.0.0.1:44013 is no 401)."""
+    return re.search(rf"(?<!\d){code}(?!\d)", text) is not None
+
+
 def _explain_failure(output: str, competition: str, args: list[str]) -> str:
     """Turn the CLI's output into one actionable line (the CLI's wording varies by version)."""
     text = output.lower()
-    if "authentication required" in text or "401" in text or "unauthorized" in text:
+    if "authentication required" in text or _has_http(text, 401) or "unauthorized" in text:
         return CREDENTIALS_HELP
-    if args[0] in ("datasets", "kernels") and any(c in text for c in ("403", "404", "not found")):
+    missing = _has_http(text, 403) or _has_http(text, 404) or "not found" in text
+    if args[0] in ("datasets", "kernels") and missing:
         return (
             f"Kaggle has no {args[0][:-1]} '{competition}' of yours ({_last_line(output)}): check "
             "export.owner (your username), export.dataset and export.kernel in params.yaml"
         )
-    if "403" in text or "accept this competition's rules" in text or "forbidden" in text:
+    if _has_http(text, 403) or "accept this competition's rules" in text or "forbidden" in text:
         return (
             f"Kaggle refused access to '{competition}' (403): accept the competition's rules at "
             f"https://www.kaggle.com/competitions/{competition}/rules, then run again"
         )
-    if "404" in text or "not found" in text:
+    if _has_http(text, 404) or "not found" in text:
         what, keys = f"competition '{competition}'", "competition.name"
         if "-f" in args:
             what += f" or file '{args[args.index('-f') + 1]}'"

@@ -272,6 +272,21 @@ def test_no_network(fake, api_key, tmp_path, monkeypatch):
         kaggle.download_competition(COMP, tmp_path / "raw")
 
 
+@pytest.mark.parametrize("port", [44013, 40301, 34040])
+def test_a_status_code_is_never_read_from_a_port_number(port):
+    refused = (
+        f"ProxyError('Unable to connect to proxy', NewConnectionError(\"Failed to establish a new "
+        f'connection: [Errno 111] Connection refused")) for http://127.0.0.1:{port}'
+    )
+    assert kaggle._explain_failure(refused, COMP, ["competitions", "download"]).startswith(
+        "cannot reach Kaggle"
+    )  # the port's digits once read as a 401: "no Kaggle credentials found"
+    assert kaggle._explain_failure("401 - Unauthorized", COMP, ["competitions", "download"]) == (
+        kaggle.CREDENTIALS_HELP
+    )
+    assert "(403)" in kaggle._explain_failure("HTTP 403", COMP, ["competitions", "download"])
+
+
 def test_kaggle_command_missing(fake, tmp_path, monkeypatch):
     empty = tmp_path / "bin"
     empty.mkdir()
