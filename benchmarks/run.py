@@ -90,7 +90,8 @@ def loader_ratio(trainers: dict[str, float], size: int, batch: int, tmp: Path) -
     with in_dir(work):
         index = read_index()
         net = timm.create_model("resnet10t", num_classes=3)
-        d = train.fold_data(p, index, net, 0, Accelerator(cpu=True))
+        gpu = torch.cuda.is_available()  # as the stage runs there: pinned memory, workers
+        d = train.fold_data(p, index, net, 0, Accelerator(cpu=not gpu))  # gpu.py made one
         make = train.train_loaders(p, train.teacher_spec(p), d, 0)
         best = 0.0
         for epoch in range(3):

@@ -20,11 +20,10 @@ from pathlib import Path
 import timm
 import torch
 import yaml
-from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.loop import LoopConfig, Phase, fit  # noqa: E402
+from pipeline.loop import LoopConfig, Phase, accelerator, fit  # noqa: E402
 from pipeline.params import LrFind, parse_params  # noqa: E402
 from tests.conftest import tiny_params, write_prepared  # noqa: E402
 
@@ -84,7 +83,6 @@ def our_loop(
     """(images/s over the whole fit, images/s of the training steps alone, of the last epoch's
     steps), on the GPU if there is one, through accelerate as the train stage runs it."""
     torch.manual_seed(0)
-    gpu = torch.cuda.is_available()
     net = timm.create_model(name, pretrained=False, num_classes=10)
     net = net.to(memory_format=torch.channels_last)  # both sides as the train stage runs it
     if compiled:
@@ -101,8 +99,9 @@ def our_loop(
         lr_find=LrFind(start=1e-7, end=10, steps=100, suggestion="valley"),
     )
     groups = [{"name": "all", "params": list(net.parameters()), "lr": 1e-3, "weight_decay": 0.0}]
-    phase = Phase("full", epochs, net, groups, lambda e, t: data, valid)
-    acc = Accelerator(cpu=not gpu, mixed_precision=precision if gpu else "no")
+    acc = accelerator(precision)  # as the train stage makes it
+    # fit prepares the training loaders; the validation loader comes prepared, as the stage's
+    phase = Phase("full", epochs, net, groups, lambda e, t: data, acc.prepare(valid))
     seen = epochs * len(data) * data.batch_size
     ckpt = tmp / "state.pt"
     ckpt.unlink(missing_ok=True)  # a finished checkpoint would make fit resume past the end

@@ -6,6 +6,8 @@ the ELPV competition (benchmarks/competitions.py elpv: solar-cell scans, grades 
     python benchmarks/transfer.py --size 224 --folds 5 --epochs 10 --batch-size 64   # a GPU
     python benchmarks/transfer.py --size 48 --folds 2 --epochs 1 --limit 240        # smoke
     python benchmarks/transfer.py --rows i iv vii                # some rows only
+    python benchmarks/transfer.py --competition DIR --weights FILE   # both written before, by
+        # `competitions.py elpv DIR` and `weights.py FILE` (a GPU box without elpv-dataset)
 
 Rows, all efficientnet_lite0 on the same competition, folds, image size and epochs E:
   i    from scratch (random init), E epochs
@@ -131,6 +133,13 @@ def pipeline_oof(proj: Path, classes: list[str]) -> pd.DataFrame:
     return pd.concat(parts).merge(folds[["id", "label"]], on="id")
 
 
+def failure(stderr: str) -> str:
+    """The stage's own `error:` line where there is one (DVC's last line names only the stage)."""
+    lines = stderr.strip().splitlines() or ["?"]
+    ours = [line for line in lines if line.startswith("error:")]
+    return "failed: " + (ours or lines)[-1][:300]
+
+
 def run_pipeline(over: dict, base: dict, work: Path) -> dict:
     proj = Project(work)
     missing = unknown(over, proj.params())
@@ -140,7 +149,7 @@ def run_pipeline(over: dict, base: dict, work: Path) -> dict:
     start = time.perf_counter()
     res = proj.run(["dvc", "repro", "ensemble"], check=False)
     if res.returncode:
-        return {"skipped": "failed: " + (res.stderr.strip().splitlines() or ["?"])[-1][:200]}
+        return {"skipped": failure(res.stderr)}
     classes = json.loads((work / "data/prepared/meta.json").read_text())["classes"]
     oof = pipeline_oof(work, classes)
     return {**scores(oof, classes), "wall": time.perf_counter() - start}
@@ -172,7 +181,7 @@ def run_fastai(comp: Path, folds: Path, w: Path, work: Path, a) -> dict:
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
-        return {"skipped": "failed: " + (res.stderr.strip().splitlines() or ["?"])[-1][:200]}
+        return {"skipped": failure(res.stderr)}
     oof = pd.read_csv(work / "oof.csv", dtype={"id": str})
     labels = pd.read_csv(folds, dtype={"id": str, "label": str})[["id", "label"]]
     classes = [c for c in oof.columns if c not in ("id", "fold")]
@@ -195,12 +204,16 @@ def header(a) -> None:
 
 
 def prepare(work: Path, a) -> tuple[Path, Path]:
-    """The ELPV competition and the converted ImageNet weights, written under `work`."""
-    comp, w = work / "elpv", work / "efficientnet_lite0.safetensors"
-    opts = {"test_share": competitions.ratio(a.test_ratio), "limit": a.limit}
-    competitions.write_into(comp, "elpv", a.seed, **opts)
-    weights.main([str(w)])
-    return comp, w
+    """The ELPV competition and the converted ImageNet weights: those given, else written under
+    `work`."""
+    comp = a.competition or work / "elpv"
+    w = a.weights or work / "efficientnet_lite0.safetensors"
+    if not a.competition:
+        opts = {"test_share": competitions.ratio(a.test_ratio), "limit": a.limit}
+        competitions.write_into(comp, "elpv", a.seed, **opts)
+    if not a.weights:
+        weights.main([str(w)])
+    return comp.resolve(), w.resolve()
 
 
 def main() -> None:
@@ -213,7 +226,9 @@ def main() -> None:
     ap.add_argument("--test-ratio", default="1:2", help="TEST:TRAIN of the competition")
     ap.add_argument("--seed", type=int, default=0, help="of the competition's test split")
     ap.add_argument("--rows", nargs="*", choices=list(NAMES), default=list(NAMES))
-    ap.add_argument("--out", type=Path, help="also write the table as JSON here")
+    ap.add_argument("--out", type=Path, help="also write the table as JSON here (every row)")
+    ap.add_argument("--competition", type=Path, help="an ELPV competition written before")
+    ap.add_argument("--weights", type=Path, help="the converted weights file written before")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -228,8 +243,9 @@ def main() -> None:
             else:
                 table[key] = run_pipeline(over, base, work / f"row-{key}")
             show(key, table[key])
-    if a.out:
-        a.out.write_text(json.dumps({"args": vars(a) | {"out": str(a.out)}, "rows": table}))
+            if a.out:  # after every row: a run stopped at a time limit keeps what it measured
+                args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}
+                a.out.write_text(json.dumps({"args": args, "rows": table}))
 
 
 if __name__ == "__main__":

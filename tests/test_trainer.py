@@ -16,7 +16,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from pipeline import model, schedules
 from pipeline.data import class_weights
 from pipeline.files import PipelineError
-from pipeline.loop import LoopConfig, Phase, _set_lrs, loss_function, lr_range_test
+from pipeline.loop import LoopConfig, LossTally, Phase, _set_lrs, loss_function, lr_range_test
 from pipeline.params import LrFind, parse_params
 from pipeline.stages import train
 from tests.conftest import tiny_params
@@ -319,6 +319,31 @@ def test_diverging_loss_names_phase_epoch_step_and_lr(workdir):
         PipelineError, match=r"in phase 'full', epoch \d+, step \d+, lr .*LR range test"
     ):
         train.run(p, "resnet10t", 0)
+
+
+def test_loss_tally_reads_the_device_once_per_32_batches_and_names_the_first_bad_one():
+    acc = Accelerator(cpu=True)
+    sizes = [8, 8, 5] * 20
+    losses = [float(i % 7) / 3 for i in range(len(sizes))]
+    tally = LossTally(acc, lambda i, v: PipelineError(f"batch {i} loss {v}"))
+    for loss, n in zip(losses, sizes, strict=True):
+        tally.add(torch.tensor(loss), n)
+    want = sum(x * n for x, n in zip(losses, sizes, strict=True)) / sum(sizes)
+    assert tally.mean() == pytest.approx(want, rel=1e-6) and tally.seen == sum(sizes)
+
+    def fresh() -> LossTally:
+        return LossTally(acc, lambda i, v: PipelineError(f"batch {i} loss {v}"))
+
+    tally = fresh()
+    for _ in range(31):
+        tally.add(torch.tensor(1.0), 4)
+    with pytest.raises(PipelineError, match="batch 31 loss inf"):
+        tally.add(torch.tensor(float("inf")), 4)  # the 32nd batch: the first read
+    tally = fresh()
+    for i in range(40):  # read after batch 31 (all finite); batch 35's nan waits for the end
+        tally.add(torch.tensor(float("nan") if i == 35 else 1.0), 4)
+    with pytest.raises(PipelineError, match="batch 35 loss nan"):
+        tally.mean()
 
 
 def test_input_size_and_normalisation_follow_timm_unless_overridden():

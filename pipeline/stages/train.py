@@ -62,7 +62,7 @@ from pipeline.data import (
 from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_csv
 from pipeline.index import FOLDS, Index, encode_labels, fold_rows, read_folds, read_index
 from pipeline.inference import predict_split
-from pipeline.loop import LoopConfig, Phase, fit, steps_per_epoch
+from pipeline.loop import LoopConfig, Phase, accelerator, fit, steps_per_epoch
 from pipeline.params import Params, Pseudo, Train, Tta, load_params
 from pipeline.roles import DISABLED, PLAIN, STUDENT, TEACHER, Role, write_skips
 
@@ -128,6 +128,8 @@ def student_spec(p: Params, name: str, fold: int, pseudo_dir: Path = PSEUDO) -> 
     if not ps.enabled:
         return DISABLED
     frame, source = read_pseudolabels(pseudo_dir / f"fold{fold}", read_index())
+    if ps.control:  # the same student, init, epochs and LR; labeled batches only
+        frame = frame.iloc[:0]
     init = None
     if ps.init == "teacher":
         init = TEACHER.models / name / f"fold{fold}" / "model.safetensors"
@@ -181,7 +183,7 @@ def fingerprint(p: Params, name: str, fold: int, *files: Path, student: bool = F
     sections["base"] = p.base.model_dump(exclude={"folds"})  # folds.csv itself is hashed
     if student:  # the selection keys act through the labels file, which is hashed
         sections["pseudo"] = p.pseudo.model_dump(
-            include={"init", "ratio", "weight", "weight_rampup", "epochs", "lr"}
+            include={"init", "ratio", "weight", "weight_rampup", "epochs", "lr", "control"}
         )
     params = json.dumps([sections, p.competition.metric, name, fold], sort_keys=True)
     weights = p.model.pretrained
@@ -743,8 +745,7 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     if isinstance(spec, str):  # no student this time: its outputs say why
         write_skips("train", name, fold, spec)
         return
-    gpu = torch.cuda.is_available()
-    acc = Accelerator(cpu=not gpu, mixed_precision=p.train.mixed_precision if gpu else "no")
+    acc = accelerator(p.train.mixed_precision)
     set_seed(run_seed(p.base.seed, fold, spec.role.name, "init"))  # the init: torch, numpy, random
     index = read_index()
     arch = backbone(p, name, student)
@@ -815,7 +816,9 @@ def describe(title: str, spec: Spec, d: FoldData, groups, phases, acc) -> str:
 
 def mix_note(spec: Spec, batch: int, acc: Accelerator) -> None:
     n = pseudo_per_batch(batch, spec.mix.ratio) if len(spec.pseudo) else 0
-    if not len(spec.pseudo):
+    if spec.mix.control:
+        acc.print("pseudo.control: the student trains on labeled rows only (the control run)")
+    elif not len(spec.pseudo):
         acc.print(
             f"warning: no test image reached pseudo.threshold {spec.mix.threshold}; the student "
             "trains on labeled rows only"
