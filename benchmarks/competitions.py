@@ -5,6 +5,7 @@ real 8x8 scans); elpv from real solar-cell scans that pip installs.
     python benchmarks/competitions.py tiny DEST [--seed N]        # csv layout, 4 classes
     python benchmarks/competitions.py binary DEST [--seed N]      # csv layout, digits 3 and 8
     python benchmarks/competitions.py multilabel DEST [--seed N]  # planet layout, digit tags
+    python benchmarks/competitions.py fewlabels DEST [--seed N]   # csv layout, 10 classes
     python benchmarks/competitions.py elpv DEST [--test-ratio 1:2] [--limit N]   # ordinal grades
 
 elpv: the 2,624 electroluminescence scans of solar cells of `pip install elpv-dataset` (300x300
@@ -18,6 +19,9 @@ size (default 1:2, a third of the scans); --limit N keeps a stratified N of all 
 runs). Point params.yaml at it with competition.metric: qwk and competition.label_column: grade.
 
 binary: digits 3 and 8 as 100 training and 200 test images, laid out as tiny.
+
+fewlabels: all ten digits as 300 training and 1,200 test images, laid out as tiny: few labels and
+a test set four times larger, where a semi-supervised round should pay.
 
 tiny: digits 3, 5, 8 and 9 (the most confusable) as 100 training and 400 test images, stratified:
 train.csv (id,label), train/<id>.png, test/<id>.png, sample_submission.csv (id,label) and the
@@ -57,6 +61,7 @@ BINARY_CLASSES = (3, 8)
 BINARY_TRAIN, BINARY_TEST = 100, 200
 TAGS = tuple(range(6))  # multilabel: the digits used as tags
 ML_TRAIN, ML_TEST = 600, 600
+FEW_TRAIN, FEW_TEST = 300, 1200
 CELL = 8  # px, one digit
 
 
@@ -84,6 +89,11 @@ def write_tiny(dest: Path, seed: int) -> None:
 def write_binary(dest: Path, seed: int) -> None:
     """csv layout: a stratified 100/200 split of digits 3 and 8, a two-class tiny competition."""
     write_digits(dest, seed, BINARY_CLASSES, BINARY_TRAIN, BINARY_TEST)
+
+
+def write_fewlabels(dest: Path, seed: int) -> None:
+    """csv layout: a stratified 300/1,200 split of all ten digits."""
+    write_digits(dest, seed, tuple(range(10)), FEW_TRAIN, FEW_TEST)
 
 
 def write_digits(dest: Path, seed: int, classes, n_train: int, n_test: int) -> None:
@@ -185,6 +195,7 @@ KINDS: dict[str, Callable[..., None]] = {
     "binary": write_binary,
     "multilabel": write_multilabel,
     "elpv": write_elpv,
+    "fewlabels": write_fewlabels,
 }
 
 

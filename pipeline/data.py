@@ -452,18 +452,27 @@ def mix_targets(y: torch.Tensor, w: torch.Tensor | None, lam: float) -> tuple[to
 
 
 class Weighted(torch.utils.data.Dataset):
-    """(image, target vector, loss weight): one item of a student's mixed batch."""
+    """(image, target vector, loss weight): one item of a student's mixed batch; `weight` is one
+    for all or one per item."""
 
-    def __init__(self, images: ImageDataset, targets: np.ndarray, weight: float) -> None:
+    def __init__(self, images: ImageDataset, targets: np.ndarray, weight) -> None:
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
-        self.images, self.targets, self.weight = images, targets.astype(np.float32), weight
+        self.images, self.targets = images, targets.astype(np.float32)
+        self.weight = np.broadcast_to(np.asarray(weight, np.float32), (len(images),))
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, np.ndarray, np.float32]:
-        return self.images[i][0], self.targets[i], np.float32(self.weight)
+        return self.images[i][0], self.targets[i], self.weight[i]
+
+
+def confidence_weights(conf: np.ndarray, n_classes: int, multi_label: bool) -> np.ndarray:
+    """A teacher's confidence rescaled from chance (0) to certainty (1): chance is 1/classes for
+    the top probability, 0.5 for a tag's max(p, 1 - p); below chance counts as 0."""
+    chance = 0.5 if multi_label else 1 / n_classes
+    return np.clip((np.asarray(conf, np.float64) - chance) / (1 - chance), 0, 1)
 
 
 def pseudo_per_batch(batch_size: int, ratio: float) -> int:

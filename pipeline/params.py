@@ -223,6 +223,8 @@ class Pseudo(Section):
     soft: bool  # train on the teacher's probabilities (true) or on hard labels (false)
     temperature: Pos  # soft targets p ** (1 / T), renormalised: T < 1 sharpens
     ratio: Annotated[float, Field(ge=2, le=4)]  # N of pseudo:labeled = 1:N in every batch
+    weighting: Literal["cut", "confidence"]  # cut: the threshold keeps, each image weighs `weight`
+    # confidence: no cut; each image weighs `weight` x its confidence rescaled from chance to 1
     weight: Annotated[float, Field(ge=0)]  # loss weight of a pseudolabeled image
     weight_rampup: Count  # epochs over which that weight rises linearly from 0 (0: from the start)
     init: Literal["teacher", "scratch"]  # student starts from fold k's teacher, or afresh
@@ -233,6 +235,7 @@ class Pseudo(Section):
     lr: Pos | Literal["auto"]  # the student's peak LR of the head group (train.lr for teachers)
     blend_teachers: bool  # the final ensemble averages teachers and students, not students alone
     submit: Literal["auto", "students"]  # auto: the teachers when the students score worse
+    control: bool  # the students train on labeled rows only: what their extra epochs alone give
 
     @field_validator("backbones", mode="before")
     @classmethod

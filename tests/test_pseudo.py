@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from pipeline import model
-from pipeline.data import mixed_batches, pseudo_per_batch
+from pipeline.data import confidence_weights, mixed_batches, pseudo_per_batch
 from pipeline.files import PipelineError
 from pipeline.index import fold_rows, read_folds, read_index
 from pipeline.loop import Criterion
@@ -143,6 +143,27 @@ def test_one_hard_class_never_throttles_the_others():
     )
     assert len(rows) == kept.sum() and counts["capped"].sum() == confident.sum() - kept.sum()
     assert counts.loc["c7"].tolist() == [3, 97, 0] and counts.loc["c0"].tolist() == [91, 9, 9]
+
+
+def test_confidence_weights_run_from_chance_to_certainty():
+    assert confidence_weights([0.25, 0.625, 1.0, 0.1], 4, False).tolist() == [0, 0.5, 1, 0]
+    assert confidence_weights([0.5, 0.75, 1.0], 3, True).tolist() == [0, 0.5, 1]  # a tag's
+
+
+def test_confidence_weighting_keeps_every_image_and_the_student_weighs_each(workdir):
+    rng = np.random.default_rng(0)
+    probs = pd.DataFrame(rng.dirichlet(np.ones(3), 400), columns=["a", "b", "c"])
+    ps = pseudo_params(threshold=0.9, weighting="confidence")
+    rows, counts = pseudolabel.label_frame(probs, "single_label", ps, None, None)
+    assert len(rows) == 400 and (probs.max(axis=1) < 0.9).sum() > 300  # no cut at the threshold
+    assert counts["dropped"].sum() == 0
+    p = teach(workdir, {"pseudo": {"threshold": 0.0, "weight": 0.5, "weighting": "confidence"}})
+    spec = train.student_spec(p, "resnet10t", 0)
+    d = train.fold_data(p, read_index(), model.create("resnet10t", 3, False), 0, None)
+    pseudo_part = train.epoch_dataset(p, spec, d, 0, 0, 2).dataset.datasets[1]
+    want = 0.5 * np.clip((spec.pseudo["confidence"].to_numpy() - 1 / 3) / (2 / 3), 0, 1)
+    got = np.array([pseudo_part[i][2] for i in range(len(pseudo_part))])
+    assert np.allclose(got, want, atol=1e-6) and got.min() < got.max() <= 0.5
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -328,6 +349,24 @@ def test_student_of_fold_k_never_trains_on_fold_k_validation_rows(workdir):
     assert set(test_ids) == set(spec.pseudo["id"]) and not set(test_ids) & set(index.train["id"])
     x, y, w = next(iter(loader))
     assert x.shape[0] == 8 and y.shape == (8, 3) and w.tolist() == [1.0] * 6 + [0.5] * 2
+
+
+def test_the_control_student_trains_the_same_epochs_on_labeled_rows_only(workdir, capsys):
+    p = teach(workdir, {"pseudo": {"threshold": 0.0, "control": True}})
+    spec = train.student_spec(p, "resnet10t", 0)
+    assert len(spec.pseudo) == 0 and spec.epochs == p.pseudo.epochs and spec.init is not None
+    d = train.fold_data(p, read_index(), model.create("resnet10t", 3, False), 0, None)
+    loader = train.train_loaders(p, spec, d, 0)(0, 2)
+    labeled_part, pseudo_part = loader.dataset.dataset.dataset.datasets
+    used = sorted(i for b in loader.batch_sampler for i in b)
+    assert len(pseudo_part) == 0 and used == list(range(len(labeled_part)))
+    train.run(p, "resnet10t", 0, student=True)
+    assert "pseudo.control: the student trains on labeled rows only" in capsys.readouterr().out
+    info = json.loads((workdir / "students/models/resnet10t/fold0/model.json").read_text())
+    assert info["pseudolabeled"] == 0
+    student = load_file(str(workdir / "students/models/resnet10t/fold0/model.safetensors"))
+    teacher = load_file(str(workdir / "models/resnet10t/fold0/model.safetensors"))
+    assert not torch.equal(student["fc.weight"], teacher["fc.weight"])  # it did train on
 
 
 def test_student_refines_its_teacher_and_is_saved_as_a_student(workdir, capsys):

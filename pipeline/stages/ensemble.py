@@ -283,7 +283,7 @@ def run_final(
     summary = {"metric": metric, "cv": cv["cv"], "submitted": ", ".join(members)}
     summary["teacher_cv"] = teacher
     if p.pseudo.enabled:
-        summary |= students_summary(index, p, chosen, teacher)
+        summary |= students_summary(index, p, chosen, teacher) | {"control": p.pseudo.control}
         t_chosen, t_reported = collect(index, teacher_members(p), folds, ens.snapshots)
         t_blend, t_cv = cv_report(index, metric, t_chosen, t_reported, ens.weights)
         fold = next(iter(chosen.values())).fold
@@ -363,6 +363,8 @@ def print_final(s: dict) -> None:
             f"({s['student_minus_teacher']:+.4f})"
         )
     print(line)
+    if s.get("control"):
+        print("ensemble --final: pseudo.control: these students saw no pseudolabels (the control)")
     if s.get("fell_back"):
         print(f"ensemble --final: submitting the teachers: {s['fell_back']} (pseudo.submit: auto)")
     elif s.get("students_worse"):

@@ -9,7 +9,8 @@ teachers never trained on fold k's validation rows, so the student's CV on them 
 folds' teachers trained on fold k's validation rows, so that CV is optimistic.
 
 Selection: an image is kept when its confidence reaches `pseudo.threshold` (single-label: the top
-probability; multi-label: every tag's probability outside [1 - t, t]). With `class_cap`
+probability; multi-label: every tag's probability outside [1 - t, t]); with `weighting:
+confidence` every image is (the student weighs each by its confidence instead). With `class_cap`
 (single-label), a class keeps at most its share of the fold's training rows times the number of
 confident images (the most confident stay; a hard class with few keeps them all: `cap_counts`).
 Targets: the probabilities (`soft`, sharpened by `temperature`) or hard labels (multi-label: tags
@@ -36,7 +37,7 @@ from pipeline.params import Pseudo, load_params
 from pipeline.preds import fold_blend, read_preds
 
 PSEUDO = Path("pseudo")
-SELECTION = ("enabled", "source", "threshold", "class_cap", "soft", "temperature")  # dvc.yaml
+SELECTION = ("enabled", "source", "threshold", "weighting", "class_cap", "soft", "temperature")
 LEAK_WARNING = (
     "WARNING: pseudo.source: ensemble labels every fold's student with the blend of all "
     "teachers; the teachers of the other folds trained on fold k's validation rows, so the "
@@ -111,7 +112,8 @@ def label_frame(
     """(kept rows: id, label, confidence, targets per class; counts per class: kept, dropped,
     and of those dropped the confident ones the class cap left out)."""
     p, classes = probs.to_numpy(), list(probs.columns)
-    keep = select(p, task, ps.threshold, shares if ps.class_cap else None)
+    cut = ps.threshold if ps.weighting == "cut" else 0.0  # confidence: weights instead of a cut
+    keep = select(p, task, cut, shares if ps.class_cap else None)
     hard = hard_targets(p, task, thresholds)
     names = np.array(classes)
     label = (
@@ -125,7 +127,7 @@ def label_frame(
     frame.insert(0, "confidence", conf.round(6))
     frame.insert(0, "label", label)
     frame.insert(0, "id", probs.index.to_numpy())
-    capped = hard[~keep & (conf >= ps.threshold)].sum(0)  # confident, over the cap
+    capped = hard[~keep & (conf >= cut)].sum(0)  # confident, over the cap
     counts = pd.DataFrame(
         {"kept": hard[keep].sum(0), "dropped": hard[~keep].sum(0), "capped": capped}, index=classes
     )

@@ -54,6 +54,7 @@ from pipeline.data import (
     batch_mix,
     build_transforms,
     class_weights,
+    confidence_weights,
     epoch_strength,
     mixed_batches,
     pseudo_per_batch,
@@ -183,7 +184,16 @@ def fingerprint(p: Params, name: str, fold: int, *files: Path, student: bool = F
     sections["base"] = p.base.model_dump(exclude={"folds"})  # folds.csv itself is hashed
     if student:  # the selection keys act through the labels file, which is hashed
         sections["pseudo"] = p.pseudo.model_dump(
-            include={"init", "ratio", "weight", "weight_rampup", "epochs", "lr", "control"}
+            include={
+                "init",
+                "ratio",
+                "weight",
+                "weighting",
+                "weight_rampup",
+                "epochs",
+                "lr",
+                "control",
+            }  # fmt: skip
         )
     params = json.dumps([sections, p.competition.metric, name, fold], sort_keys=True)
     weights = p.model.pretrained
@@ -423,6 +433,9 @@ def epoch_dataset(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, tot
         n_classes = len(d.index.classes)
         targets = d.targets if d.targets.ndim == 2 else np.eye(n_classes)[d.targets]
         weight = schedules.rampup(epoch, spec.mix.weight_rampup, spec.mix.weight)
+        if spec.mix.weighting == "confidence":
+            multi = d.index.meta["task"] == "multi_label"
+            weight = weight * confidence_weights(spec.pseudo["confidence"], n_classes, multi)
         ds = torch.utils.data.ConcatDataset(
             [
                 Weighted(ds, targets, 1.0),
@@ -826,6 +839,7 @@ def mix_note(spec: Spec, batch: int, acc: Accelerator) -> None:
     acc.print(
         f"batches: {n} pseudolabeled + {batch - n} labeled "
         f"({n / batch:.1%} pseudo), pseudo loss weight {spec.mix.weight}"
+        + (" x each image's confidence" if spec.mix.weighting == "confidence" else "")
         + (f" ramped up over {spec.mix.weight_rampup} epochs" if spec.mix.weight_rampup else "")
     )
 
