@@ -215,6 +215,9 @@ class Ensemble(Section):
     snapshots: bool  # SGDR snapshots (train.schedule: sgdr) join the blend as one member each
 
 
+NOISE_MODEL_KEYS = {"model.drop_rate", "model.drop_path_rate"}  # pseudo.noise's model keys
+
+
 class Pseudo(Section):
     enabled: bool  # false: no student trains; the submission comes from the teachers
     source: Literal["fold", "ensemble"]  # fold: fold k's teachers label for fold k's student
@@ -236,6 +239,21 @@ class Pseudo(Section):
     blend_teachers: bool  # the final ensemble averages teachers and students, not students alone
     submit: Literal["auto", "students"]  # auto: the teachers when the students score worse
     control: bool  # the students train on labeled rows only: what their extra epochs alone give
+    # the students' own noise (Noisy Student): {augment.KEY or model.drop_rate / drop_path_rate:
+    # value} over the teachers' params; {}: the teachers' noise
+    noise: dict[str, float | str | bool | list[float]]
+
+    @field_validator("noise")
+    @classmethod
+    def _noise_keys(cls, v: dict) -> dict:
+        allowed = {f"augment.{k}" for k in Augment.model_fields} | NOISE_MODEL_KEYS
+        unknown = sorted(set(v) - allowed)
+        if unknown:
+            raise ValueError(
+                f"{unknown[0]!r} is not a student noise key: augment.* (e.g. "
+                "augment.strength_start, augment.mixup), model.drop_rate or model.drop_path_rate"
+            )
+        return v
 
     @field_validator("backbones", mode="before")
     @classmethod
@@ -306,6 +324,7 @@ class Params(Section):
             raise ValueError("lr_find.end must be larger than lr_find.start")
         self._check_recipe()
         self._check_students()
+        self.student()  # pseudo.noise's values, checked as the sections check their own
         ps = self.pseudo
         if self.diagnose.fold not in self.base.folds:
             raise ValueError(f"diagnose.fold {self.diagnose.fold} is not in base.folds")
@@ -322,6 +341,24 @@ class Params(Section):
         if self.head.epochs == "auto":
             return 0 if self.model.pretrained is False else 1
         return self.head.epochs
+
+    def student(self) -> Params:
+        """The students' params: the teachers' with pseudo.noise's augment and model keys."""
+        over: dict[str, dict] = {"augment": {}, "model": {}}
+        for key, value in self.pseudo.noise.items():
+            section, leaf = key.split(".")
+            over[section][leaf] = value
+        sections = {}
+        for name, part in over.items():
+            section = getattr(self, name)
+            try:
+                sections[name] = type(section).model_validate(section.model_dump() | part)
+            except ValidationError as e:
+                err = e.errors()[0]
+                where = f"{name}.{err['loc'][0]}" if err["loc"] else name
+                msg = err["msg"].removeprefix("Value error, ")
+                raise ValueError(f"pseudo.noise: {where}: {msg}") from None
+        return self.model_copy(update=sections)
 
     def students(self) -> dict[str, str]:
         """Each teacher's student: {its folder name (the teacher's backbone): its backbone}."""

@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from pipeline import model
-from pipeline.data import confidence_weights, mixed_batches, pseudo_per_batch
+from pipeline.data import confidence_weights, epoch_strength, mixed_batches, pseudo_per_batch
 from pipeline.files import PipelineError
 from pipeline.index import fold_rows, read_folds, read_index
 from pipeline.loop import Criterion
@@ -367,6 +367,36 @@ def test_the_control_student_trains_the_same_epochs_on_labeled_rows_only(workdir
     student = load_file(str(workdir / "students/models/resnet10t/fold0/model.safetensors"))
     teacher = load_file(str(workdir / "models/resnet10t/fold0/model.safetensors"))
     assert not torch.equal(student["fc.weight"], teacher["fc.weight"])  # it did train on
+
+
+def test_student_noise_overrides_the_teachers_augmentation_and_dropout(workdir, capsys):
+    noise = {"augment.strength_start": 1.0, "augment.mixup": 0.2, "model.drop_path_rate": 0.1}
+    p = teach(workdir, {"pseudo": {"threshold": 0.0, "noise": noise}})
+    s = p.student()
+    assert (s.augment.strength_start, s.augment.mixup, s.model.drop_path_rate) == (1.0, 0.2, 0.1)
+    assert (p.augment.strength_start, p.augment.mixup, p.model.drop_path_rate) == (0.3, 0.0, 0.0)
+    assert epoch_strength(s.augment, 0, 3) == 1.0 > epoch_strength(p.augment, 0, 3)
+    train.run(p, "resnet10t", 0, student=True)
+    out = capsys.readouterr().out
+    assert (
+        "student noise: augment.strength_start 1.0, augment.mixup 0.2, model.drop_path_rate" in out
+    )
+    quiet = parse_params(tiny_params({"pseudo": {"threshold": 0.0}}))
+    loud = train.fingerprint(p.student(), "resnet10t", 0, student=True)
+    assert loud["params"] != train.fingerprint(quiet, "resnet10t", 0, student=True)["params"]
+
+
+@pytest.mark.parametrize(
+    ("noise", "message"),
+    [
+        ({"train.lr": 0.1}, "'train.lr' is not a student noise key"),
+        ({"augment.strength_start": 2.0}, "pseudo.noise: augment.strength_start: Input should be"),
+        ({"model.drop_rate": 1.5}, "pseudo.noise: model.drop_rate: Input should be less than 1"),
+    ],
+)
+def test_a_bad_noise_key_or_value_is_named(noise, message):
+    with pytest.raises(PipelineError, match=message):
+        parse_params(tiny_params({"pseudo": {"noise": noise}}))
 
 
 def test_student_refines_its_teacher_and_is_saved_as_a_student(workdir, capsys):

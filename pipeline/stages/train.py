@@ -175,6 +175,11 @@ def check_teacher(weights: Path, recorded: str | None, folder: Path) -> None:
         )
 
 
+# the pseudo keys that shape a student's weights (dvc.yaml's train_student lists them too)
+STUDENT_KEYS = {"init", "ratio", "weight", "weighting", "weight_rampup", "epochs", "lr", "control",
+                "noise"}  # fmt: skip
+
+
 def fingerprint(p: Params, name: str, fold: int, *files: Path, student: bool = False) -> dict:
     """What shapes this run, part by part (params, data, weights, code): a checkpoint resumes
     only when every part matches, and a mismatch names the parts that differ."""
@@ -183,18 +188,7 @@ def fingerprint(p: Params, name: str, fold: int, *files: Path, student: bool = F
     sections["train"] = p.train.model_dump(exclude=unused)  # no effect on these weights
     sections["base"] = p.base.model_dump(exclude={"folds"})  # folds.csv itself is hashed
     if student:  # the selection keys act through the labels file, which is hashed
-        sections["pseudo"] = p.pseudo.model_dump(
-            include={
-                "init",
-                "ratio",
-                "weight",
-                "weighting",
-                "weight_rampup",
-                "epochs",
-                "lr",
-                "control",
-            }  # fmt: skip
-        )
+        sections["pseudo"] = p.pseudo.model_dump(include=STUDENT_KEYS)
     params = json.dumps([sections, p.competition.metric, name, fold], sort_keys=True)
     weights = p.model.pretrained
     code = sorted(CODE.rglob("*.py"))
@@ -754,6 +748,7 @@ def model_info(p: Params, name: str, fold: int, spec: Spec, d: FoldData) -> dict
 
 
 def run(p: Params, name: str, fold: int, student: bool = False) -> None:
+    p = p.student() if student else p  # pseudo.noise: the student's augmentation and dropout
     spec = student_spec(p, name, fold) if student else teacher_spec(p)
     if isinstance(spec, str):  # no student this time: its outputs say why
         write_skips("train", name, fold, spec)
@@ -829,6 +824,8 @@ def describe(title: str, spec: Spec, d: FoldData, groups, phases, acc) -> str:
 
 def mix_note(spec: Spec, batch: int, acc: Accelerator) -> None:
     n = pseudo_per_batch(batch, spec.mix.ratio) if len(spec.pseudo) else 0
+    if spec.mix.noise:
+        acc.print("student noise: " + ", ".join(f"{k} {v}" for k, v in spec.mix.noise.items()))
     if spec.mix.control:
         acc.print("pseudo.control: the student trains on labeled rows only (the control run)")
     elif not len(spec.pseudo):
