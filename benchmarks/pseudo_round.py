@@ -5,6 +5,7 @@ only: pseudo.control) and the students.
     python benchmarks/pseudo_round.py                          # every competition below
     python benchmarks/pseudo_round.py elpv fewlabels --set pseudo.ratio=2
     python benchmarks/pseudo_round.py elpv --variant t0.7:pseudo.threshold=0.7   # more students
+    python benchmarks/pseudo_round.py elpv --rounds 2     # + round 2's students and its control
 
 Each competition runs in a fresh copy of the project (params.yaml, then OVERRIDES, then --set).
 `dvc repro ensemble_final` trains the teachers and the students; then `pseudo.control: true` and
@@ -13,7 +14,9 @@ teachers, folds and pseudolabels: the same ones). Per role: the metric on each f
 (the backbones' mean, thresholds 0.5), mean ± std over the folds; student − control with the std
 of its per-fold differences; and the goal of the hard competitions (teachers below 0.95, a test
 set at least twice the training set): the student beats the control by at least min(1 point,
-10 % of the control's error), by more than that std.
+10 % of the control's error), by more than that std. With --rounds R, round R's students
+(student_rR: each round labelled by the last) and their control (control_rR: every round on
+labeled rows only, the same epochs in all) run too, on the same teachers.
 
     elpv       solar-cell scans, 4 ordinal grades, qwk; 1,749 train / 875 test; ImageNet weights
                (efficientnet_lite0 at 96 px, 3 folds, 5 epochs: benchmarks/transfer.py's row iv).
@@ -103,7 +106,7 @@ def fold_scores(proj: Path, folder: str, metric: str) -> np.ndarray:
     return np.array(out)
 
 
-def run(kind: str, work: Path, extra: dict, variants: dict[str, dict]) -> dict:
+def run(kind: str, work: Path, extra: dict, variants: dict[str, dict], rounds: int = 1) -> dict:
     """Per-fold scores of the teachers, the students, each variant of the students and the
     control, all from the same teachers and pseudolabels (only the students retrain)."""
     proj = Project(work / "proj")
@@ -111,7 +114,11 @@ def run(kind: str, work: Path, extra: dict, variants: dict[str, dict]) -> dict:
     proj.set_params(merge(over, {"pseudo": {"control": False}, "diagnose": {"enabled": False}}))
     base, metric = proj.params(), proj.params()["competition"]["metric"]
     start, out = time.perf_counter(), {"metric": metric}
-    arms = {"student": {}, **variants, "control": {"pseudo": {"control": True}}}
+    later = {"pseudo": {"rounds": rounds}}
+    arms = {"student": {}} | ({f"student_r{rounds}": later} if rounds > 1 else {})
+    arms |= variants | {"control": {"pseudo": {"control": True}}}
+    if rounds > 1:
+        arms[f"control_r{rounds}"] = merge(later, {"pseudo": {"control": True}})
     for name, arm in arms.items():
         proj.set_params(merge(base, arm))
         proj.run(["dvc", "repro", "ensemble_final"])
@@ -119,7 +126,9 @@ def run(kind: str, work: Path, extra: dict, variants: dict[str, dict]) -> dict:
             out["teacher"] = fold_scores(proj.path, "preds", metric)
             pseudo = json.loads((proj.path / "metrics/pseudo.json").read_text())
             out["kept"] = [v["kept"] for k, v in pseudo.items() if k.startswith("fold")]
-        out[name] = fold_scores(proj.path, "students/preds", metric)
+        last = proj.params()["pseudo"]["rounds"]
+        folder = "students/preds" if last == 1 else f"rounds/{last}/preds"
+        out[name] = fold_scores(proj.path, folder, metric)
     return out | {"arms": ["teacher", *arms], "wall": time.perf_counter() - start}
 
 
@@ -129,13 +138,22 @@ def goal(metric: str, control: float) -> float:
     return min(0.01, 0.1 * error)
 
 
+def control_of(arm: str) -> str:
+    """The control an arm is measured against: a later round's students (student_rR) the control
+    of as many rounds (control_rR), the others the one-round control; teacher and the controls:
+    themselves."""
+    if arm == "teacher" or arm.startswith("control"):
+        return arm
+    return arm.replace("student_", "control_") if arm.startswith("student_r") else "control"
+
+
 def line(kind: str, r: dict) -> str:
     """The arms' mean ± std over folds; then each student arm minus the control, per fold, and
     whether the students (the default arm) meet the goal."""
     m = r["metric"]
     sign = 1 if METRICS[m].higher_is_better else -1
     cells = "  ".join(f"{a} {r[a].mean():.4f} ± {r[a].std():.4f}" for a in r["arms"])
-    gains = {a: sign * (r[a] - r["control"]) for a in r["arms"] if a not in ("teacher", "control")}
+    gains = {a: sign * (r[a] - r[control_of(a)]) for a in r["arms"] if control_of(a) != a}
     margin = goal(m, r["control"].mean())
     hit = gains["student"].mean() >= margin and gains["student"].mean() > gains["student"].std()
     over = "  ".join(f"{a} {g.mean():+.4f} ± {g.std():.4f}" for a, g in gains.items())
@@ -151,6 +169,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="params override, a.b=value")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:a.b=v[;c.d=w]",
                     help="students again with these overrides, on the same teachers")  # fmt: skip
+    ap.add_argument("--rounds", type=int, default=1, help="also the students of this round")
     a = ap.parse_args()
     extra = parse_set(a.set)
     variants = {
@@ -158,7 +177,7 @@ def main() -> None:
     }
     for kind in a.kinds or OVERRIDES:
         with tempfile.TemporaryDirectory() as tmp:
-            print(line(kind, run(kind, Path(tmp), extra, variants)), flush=True)
+            print(line(kind, run(kind, Path(tmp), extra, variants, a.rounds)), flush=True)
 
 
 if __name__ == "__main__":

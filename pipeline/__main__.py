@@ -131,6 +131,9 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:  # the reader left (`summary | head`): as any command-line tool, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return 141  # 128 + SIGPIPE, what a shell reports for a command its pipe closed
     except Exception as e:  # a bug, not bad input: one line, the traceback on request
         if os.environ.get("PIPELINE_DEBUG") == "1":
             raise

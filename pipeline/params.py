@@ -26,6 +26,7 @@ from pipeline.files import PipelineError
 Count = Annotated[int, Field(ge=0)]  # epochs, workers, attempts: zero allowed
 Size = Annotated[int, Field(ge=1)]  # batch sizes, steps, cycle lengths
 Pos = Annotated[float, Field(gt=0)]  # learning rates, divisors
+MAX_ROUNDS = 3  # pseudo.rounds: dvc.yaml defines the stages of rounds 2 and 3
 Frac = Annotated[float, Field(ge=0, lt=1)]  # label smoothing, beta
 
 
@@ -239,6 +240,8 @@ class Pseudo(Section):
     blend_teachers: bool  # the final ensemble averages teachers and students, not students alone
     submit: Literal["auto", "students"]  # auto: the teachers when the students score worse
     control: bool  # the students train on labeled rows only: what their extra epochs alone give
+    # round r's students label the test set for round r + 1's; the last round's are submitted
+    rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS)]
     # the students' own noise (Noisy Student): {augment.KEY or model.drop_rate / drop_path_rate:
     # value} over the teachers' params; {}: the teachers' noise
     noise: dict[str, float | str | bool | list[float]]
@@ -378,6 +381,11 @@ class Params(Section):
             raise ValueError(
                 f"pseudo.init: teacher refines each teacher's own backbone, but pseudo.backbones "
                 f"gives {other}; use pseudo.init: scratch for another backbone"
+            )
+        if ps.enabled and ps.rounds > 1 and ps.source == "ensemble":
+            raise ValueError(
+                "pseudo.rounds > 1 labels each round from the last round's students of the same "
+                "fold; use pseudo.source: fold (source: ensemble is for one round)"
             )
         archs = list(self.students().values())
         twice = sorted({s for s in archs if archs.count(s) > 1})

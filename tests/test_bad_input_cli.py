@@ -61,6 +61,23 @@ def test_a_skipped_student_refuses_a_bad_option_too(stage, tmp_path, monkeypatch
     assert (tmp_path / "students").exists()
 
 
+@pytest.mark.parametrize("stage", ["train", "predict"])
+def test_a_later_round_is_a_students_round_within_the_rounds_dvc_yaml_defines(
+    stage, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))  # pseudo.rounds: 1
+    assert cli.main([stage, *RUNS[stage], "--round", "2"]) == 2
+    assert "--round 2 is a students' round: add --student" in capsys.readouterr().err
+    assert cli.main([stage, *RUNS[stage], "--student", "--round", "4"]) == 2
+    assert "argument --round: invalid choice: 4" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"]
+    assert cli.main([stage, *RUNS[stage], "--student", "--round", "2"]) == 0  # past the rounds:
+    skip = tmp_path / "rounds/2" / ("models" if stage == "train" else "preds") / RUNS[stage][1]
+    why = json.loads((skip / "fold0/skipped.json").read_text())["skipped"]  # its outputs say why
+    assert why == "pseudo.rounds is 1: there is no round 2"
+
+
 def run_warm(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_WARM": "1"}
     return subprocess.run([sys.executable, "-m", "pipeline", *argv], cwd=cwd, env=env,
@@ -279,3 +296,18 @@ def test_a_local_solution_with_an_unseen_class_scores_the_other_rows(blended, ca
     assert score["unscored_ids"] == [test_ids[1], test_ids[4]]
     assert score["unknown_classes"] == ["wolf"]
     assert re.search(rf"2 of 8 rows not scored: .*\(wolf\): ids {test_ids[1]}, {test_ids[4]}", out)
+
+
+def test_a_reader_that_leaves_early_gets_no_error_line(tmp_path):
+    """`python -m pipeline summary | head -1`: the command stops quietly, as any tool does."""
+    script = (
+        "import sys; from pipeline import __main__ as m; "
+        "m.dispatch = lambda argv: [print('line', i) for i in range(10**6)]; "
+        "sys.exit(m.main(['summary']))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout.readline() == b"line 0\n"
+    proc.stdout.close()  # the reader leaves
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == b""

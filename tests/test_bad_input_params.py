@@ -59,6 +59,11 @@ PARAMS_CASES = [
          params({"train": {"backbones": ["resnet10t", "test_resnet"]},
                  "pseudo": {"init": "scratch", "backbones": {"resnet10t": "test_resnet"}}}),
          r"pseudo\.backbones: two teachers' students are both test_resnet"),
+    Case("more rounds than dvc.yaml defines", params({"pseudo": {"rounds": 4}}),
+         r"key 'pseudo\.rounds'.*less than or equal to 3 \(got 4\)"),
+    Case("rounds from the leaking ensemble",
+         params({"pseudo": {"rounds": 2, "source": "ensemble"}}),
+         r"pseudo\.rounds > 1 labels each round from the last round's students.*source: fold"),
 ]  # fmt: skip
 
 

@@ -135,3 +135,38 @@ def test_unknown_param_stops_the_stage_with_its_name(project):
     assert "unknown key 'train.epochz'" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (project.path / "data/raw").exists()
+
+
+def test_two_rounds_each_labelled_by_the_last_rounds_students_of_the_same_fold(project):
+    from pipeline.files import sha256
+
+    project.set_params(
+        {"pseudo": {"rounds": 2, "class_cap": False}, "diagnose": {"enabled": False}}
+    )
+    order = ran(project.run(["dvc", "repro"]))
+    steps = ["train_student@resnet10t-0", "pseudolabel_2", "train_student_2@resnet10t-0",
+             "predict_student_2@resnet10t-0", "ensemble_final", "submit"]  # fmt: skip
+    assert [order.index(s) for s in steps] == sorted(order.index(s) for s in steps)
+    r1, r2 = project.path / "students", project.path / "rounds/2"
+    for k in (0, 1):
+        source = json.loads((r2 / f"pseudo/fold{k}/source.json").read_text())
+        weights = r1 / f"models/resnet10t/fold{k}/model.safetensors"
+        assert source["round"] == 2 and source["labeller"] == "student"
+        assert source["teacher_weights"] == {"resnet10t": sha256(weights)}
+        labels = pd.read_csv(r2 / f"pseudo/fold{k}/labels.csv", dtype={"id": str}).set_index("id")
+        preds = pd.read_csv(r1 / f"preds/resnet10t/fold{k}/test.csv", dtype={"id": str})
+        preds = preds.set_index("id").loc[labels.index, labels.columns[2:]]
+        assert len(labels) == 12  # threshold 0, no cap: every test image, round 1's targets
+        pd.testing.assert_frame_equal(labels[labels.columns[2:]], preds, atol=1e-6)
+        info = json.loads((r2 / f"models/resnet10t/fold{k}/model.json").read_text())
+        assert info["role"] == "student2" and info["init"] == str(weights.relative_to(project.path))
+    final = json.loads((project.path / "metrics/final.json").read_text())
+    assert set(final["rounds"]) == {"1", "2"} and final["student_cv"] == final["rounds"]["2"]
+    r3 = json.loads((project.path / "rounds/3/dvclive/resnet10t/fold0/metrics.json").read_text())
+    assert r3 == {"skipped": "pseudo.rounds is 2: there is no round 3"}
+    # back to one round: round 2 skips, round 1 and the teachers are kept
+    project.set_params({"pseudo": {"rounds": 1}})
+    again = ran(project.run(["dvc", "repro"]))
+    assert {"pseudolabel_2", "train_student_2@resnet10t-1", "ensemble_final"} <= set(again)
+    assert not any(s.startswith(("train@", "train_student@", "pseudolabel@")) for s in again)
+    assert "rounds" not in json.loads((project.path / "metrics/final.json").read_text())

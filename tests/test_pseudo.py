@@ -16,7 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pipeline import model
+from pipeline import model, roles
 from pipeline.data import confidence_weights, epoch_strength, mixed_batches, pseudo_per_batch
 from pipeline.files import PipelineError
 from pipeline.index import fold_rows, read_folds, read_index
@@ -425,7 +425,7 @@ def test_without_pseudolabels_the_teachers_make_the_submission(workdir, capsys):
     p = teach(workdir, {"pseudo": {"enabled": False}})
     for k in (0, 1):
         train.run(p, "resnet10t", k, student=True)
-        predict.run(p, "resnet10t", k, role=train.STUDENT)
+        predict.run(p, "resnet10t", k, role=roles.STUDENT)
     assert "skipped: pseudo.enabled is false" in capsys.readouterr().out
     assert not (workdir / "students/models/resnet10t/fold0/model.safetensors").exists()
     final = ensemble.run_final(p)
@@ -546,7 +546,7 @@ def test_students_scoring_worse_beyond_noise_are_not_submitted_unless_asked(
     else:
         assert final["submitted"] == "student resnet10t" and final["cv"] == final["student_cv"]
         assert "fell_back" not in saved and "WARNING" in out
-        assert diagnose.chosen_model(p) == (train.STUDENT, "resnet10t")
+        assert diagnose.chosen_model(p) == (roles.STUDENT, "resnet10t")
 
 
 def test_students_within_noise_of_the_teachers_are_submitted(workdir):

@@ -161,7 +161,7 @@ def test_epochs_split_evenly_over_the_sizes():
 def test_batch_size_auto_gives_enough_steps_per_epoch_and_in_all():
     assert train.batch_size("auto", 2000, epochs=10) == 64  # 31 steps of 64
     assert train.batch_size("auto", 920) == 56  # 16 steps of 56 an epoch, not 14 of 64
-    assert train.batch_size("auto", 920, epochs=10) == 40  # the demo: 23 steps, 230 in all
+    assert train.batch_size("auto", 920, epochs=10) == 40  # 23 steps, 230 in all
     assert train.batch_size("auto", 480, epochs=10) == 24  # 20 steps of 24, 200 in all
     assert train.batch_size("auto", 80, epochs=10) == 8  # a tiny competition: never below 8
     assert train.batch_size(48, 80) == 48

@@ -14,6 +14,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline import roles
 from pipeline.params import parse_params
 from pipeline.stages import folds, prepare, train
 from tests.conftest import tiny_params, write_csv_competition
@@ -117,7 +118,7 @@ def whole_pipeline(root: Path, comp: Path) -> None:
     for student in (False, True):
         for k in (0, 1):
             train.run(p, "resnet10t", k, student=student)
-            predict.run(p, "resnet10t", k, role=train.STUDENT if student else train.TEACHER)
+            predict.run(p, "resnet10t", k, role=roles.STUDENT if student else roles.TEACHER)
         if not student:
             ensemble.run(["resnet10t"], [0, 1], "accuracy", p.ensemble)
             pseudolabel.run(p.pseudo, ["resnet10t"], [0, 1], "accuracy")

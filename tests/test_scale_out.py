@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
 import time
 
 import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import TINY_PARAMS, Project, merge
+from tests.conftest import DVC, TINY_PARAMS, Project, merge
 from tests.test_train_processes import free_port
 
 pytestmark = pytest.mark.slow
@@ -70,7 +71,10 @@ def test_queued_experiments_run_in_parallel(tmp_path, tiny_comp):
         proj.run(cmd)  # fmt: skip
     for lr in ("0.002", "0.008"):
         proj.run(["dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", "train@resnet10t-0"])
-    proj.run(["dvc", "queue", "start", "-j", "2"])
+    # the workers outlive `queue start` and hold whatever pipe it had: none, so nothing waits
+    start = [DVC, "queue", "start", "-j", "2"]
+    subprocess.run(start, cwd=proj.path, env=proj.env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=120)  # fmt: skip
     deadline = time.monotonic() + 600
     while "Queued" in (status := queue_status(proj)) or "Running" in status:
         assert time.monotonic() < deadline, status
@@ -79,6 +83,7 @@ def test_queued_experiments_run_in_parallel(tmp_path, tiny_comp):
     shown = proj.run(["dvc", "exp", "show", "--csv"]).stdout
     rows = [r for r in csv.DictReader(io.StringIO(shown)) if r["State"] == "Success"]
     assert sorted(float(r["peak_lr"]) for r in rows) == [0.002, 0.008]  # each trained at its LR
+    proj.run(["dvc", "queue", "stop"])  # the idle workers go too
 
 
 def queue_status(proj: Project) -> str:

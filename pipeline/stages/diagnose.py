@@ -28,7 +28,7 @@ from pipeline.files import PipelineError, atomic_dir, read_json, write_json
 from pipeline.index import Index, encode_labels, fold_rows, load_image, read_folds, read_index
 from pipeline.params import Params, load_params
 from pipeline.preds import read_preds
-from pipeline.roles import STUDENT, TEACHER, Role, skipped
+from pipeline.roles import TEACHER, Role, last_student, skipped
 
 if TYPE_CHECKING:  # torch, timm and albumentations load only when the stage is enabled
     import torch
@@ -128,9 +128,10 @@ def submits_students(p: Params, final: Path = Path("final/thresholds.json")) -> 
 
 def chosen_model(p: Params) -> tuple[Role, str]:
     """The role and backbone to diagnose: diagnose.model, else the first of what is submitted."""
-    students = [n for n in p.train.backbones if skipped(STUDENT.models / n / "fold0") is None]
+    last = last_student(p)
+    students = [n for n in p.train.backbones if skipped(last.models / n / "fold0") is None]
     names = students if submits_students(p) and students else p.train.backbones
-    role = STUDENT if names is students else TEACHER
+    role = last if names is students else TEACHER
     name = p.diagnose.model or names[0]
     if name not in names:
         raise PipelineError(

@@ -34,12 +34,12 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from pipeline import metrics
+from pipeline import metrics, roles
 from pipeline.files import PipelineError, atomic_dir, read_json, write_csv, write_json
 from pipeline.index import Index, encode_labels, read_index
 from pipeline.params import Ensemble, Params, load_params
 from pipeline.preds import blend, read_preds
-from pipeline.roles import STUDENT, TEACHER, skipped
+from pipeline.roles import TEACHER, skipped
 
 EQUAL = Ensemble(weights="equal", snapshots=False)
 
@@ -250,13 +250,11 @@ def teacher_members(p: Params) -> dict[str, Path]:
     return {f"teacher {n}": TEACHER.preds / n for n in p.train.backbones}
 
 
-def final_members(p: Params) -> dict[str, Path]:
-    """What the submission blends: students (+ teachers), or the teachers alone."""
-    teachers = teacher_members(p)
-    if not p.pseudo.enabled:
-        return teachers
+def student_members(p: Params, round_: int) -> dict[str, Path]:
+    """Round `round_`'s students, each trained (a skipped one is refused, naming its folder)."""
+    role = roles.student(round_)
     students = {  # a student's folder is named by its teacher; its label names its backbone
-        f"student {s}" + ("" if s == t else f" of {t}"): STUDENT.preds / t
+        f"student {s}" + ("" if s == t else f" of {t}"): role.preds / t
         for t, s in p.students().items()
     }
     for folder in students.values():
@@ -264,7 +262,26 @@ def final_members(p: Params) -> dict[str, Path]:
             why = skipped(folder / f"fold{k}")
             if why is not None:
                 raise PipelineError(f"{folder}/fold{k}: {why}; run `dvc repro` first")
+    return students
+
+
+def final_members(p: Params) -> dict[str, Path]:
+    """What the submission blends: the last round's students (+ teachers), or the teachers."""
+    teachers = teacher_members(p)
+    if not p.pseudo.enabled:
+        return teachers
+    students = student_members(p, p.pseudo.rounds)
     return {**students, **teachers} if p.pseudo.blend_teachers else students
+
+
+def rounds_cv(index: Index, p: Params) -> dict[str, float]:
+    """Each round's students' blend CV, round by round."""
+    metric, ens = p.competition.metric, p.ensemble
+    out = {}
+    for r in range(1, p.pseudo.rounds + 1):
+        chosen, _ = collect(index, student_members(p, r), p.base.folds, ens.snapshots)
+        out[str(r)] = evaluate(index, metric, chosen, ens.weights).report[metric]
+    return out
 
 
 def run_final(
@@ -336,6 +353,8 @@ def students_summary(index: Index, p: Params, chosen: dict[str, Member], teacher
     student = evaluate(index, metric, students, p.ensemble.weights).report[metric]
     out = {"student_cv": student, "student_minus_teacher": round(student - teacher, 6)}
     out["pseudo_source"] = p.pseudo.source
+    if p.pseudo.rounds > 1:
+        out["rounds"] = rounds_cv(index, p)
     if p.pseudo.source == "ensemble":
         out["warning"] = "pseudo.source: ensemble leaks validation labels: CV optimistic"
     return out
@@ -363,6 +382,9 @@ def print_final(s: dict) -> None:
             f"({s['student_minus_teacher']:+.4f})"
         )
     print(line)
+    if "rounds" in s:
+        cvs = ", ".join(f"round {r} {v:.4f}" for r, v in s["rounds"].items())
+        print(f"ensemble --final: students' CV {m} per round: {cvs}")
     if s.get("control"):
         print("ensemble --final: pseudo.control: these students saw no pseudolabels (the control)")
     if s.get("fell_back"):

@@ -27,7 +27,7 @@ from pathlib import Path
 from pipeline import kaggle
 from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_json, write_text
 from pipeline.params import Params, load_params
-from pipeline.roles import STUDENT, TEACHER
+from pipeline.roles import TEACHER, by_name, last_student
 from pipeline.stages.ensemble import final_members, teacher_members
 
 OUT = Path("export")
@@ -55,7 +55,7 @@ def slugs(p: Params) -> tuple[str, str]:
 def member_entries(label: str, folder: Path, p: Params, snapshots: bool) -> dict[str, list]:
     """fold -> the weight files a member averages (one model, or its SGDR snapshots) with the
     beta each one's predict stage chose; paths relative to the bundle."""
-    role = STUDENT if label.startswith("student") else TEACHER
+    role = last_student(p) if label.startswith("student") else TEACHER
     name = folder.name
     out = {}
     for k in p.base.folds:
@@ -95,7 +95,7 @@ def copy_models(spec: dict, dest: Path) -> None:
         for entries in member["folds"].values():
             for e in entries:
                 role, rest = e["dir"].split("/", 2)[1:]
-                src = (STUDENT if role == "student" else TEACHER).models / rest
+                src = by_name(role).models / rest
                 (dest / e["dir"]).mkdir(parents=True, exist_ok=True)
                 for f in ("model.safetensors", "model.json"):
                     shutil.copy2(src / f, dest / e["dir"] / f)

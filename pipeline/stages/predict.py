@@ -23,7 +23,6 @@ model and no torch: it takes the plain predictions the train stage wrote beside 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from pipeline.files import atomic_dir, read_json, write_csv, write_json
 from pipeline.index import Index, encode_labels, fold_rows, read_folds, read_index
 from pipeline.params import Augment, Params, Tta, load_params
 from pipeline.preds import mean_probs, read_preds
-from pipeline.roles import PLAIN, STUDENT, TEACHER, Role, skipped, write_skips
+from pipeline.roles import PLAIN, TEACHER, Role, parse_stage, skipped, student, write_skips
 
 BETAS = np.round(np.linspace(0, 1, 11), 2)
 SPLITS = ("oof", "test")
@@ -141,7 +140,7 @@ def run(p: Params, name: str, fold: int, role: Role = TEACHER) -> None:
     src = role.models / name / f"fold{fold}"
     why = skipped(src)
     if why is not None:  # no student trained: nothing to predict, and the folder says why
-        write_skips("predict", name, fold, why)
+        write_skips("predict", name, fold, why, role)
         return
     info, views = predictor(src, tta, fold)
     index = read_index()
@@ -165,9 +164,5 @@ def run(p: Params, name: str, fold: int, role: Role = TEACHER) -> None:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pipeline predict")
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--fold", type=int, required=True)
-    ap.add_argument("--student", action="store_true", help="fold k's student (pseudolabels)")
-    a = ap.parse_args(argv)
-    run(load_params(), a.model, a.fold, STUDENT if a.student else TEACHER)
+    a = parse_stage("predict", argv)
+    run(load_params(), a.model, a.fold, student(a.round) if a.student else TEACHER)

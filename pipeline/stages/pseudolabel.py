@@ -35,8 +35,8 @@ from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_c
 from pipeline.index import Index, encode_labels, fold_rows, read_folds, read_index
 from pipeline.params import Pseudo, load_params
 from pipeline.preds import fold_blend, read_preds
+from pipeline.roles import labeller, not_run, pseudo_dir, round_arg
 
-PSEUDO = Path("pseudo")
 SELECTION = ("enabled", "source", "threshold", "weighting", "class_cap", "soft", "temperature")
 LEAK_WARNING = (
     "WARNING: pseudo.source: ensemble labels every fold's student with the blend of all "
@@ -216,44 +216,55 @@ def run(
     backbones: list[str],
     folds: list[int],
     metric: str,
-    preds: Path = Path("preds"),
-    models: Path = Path("models"),
+    round_: int = 1,
     ens: Path = Path("ensemble"),
-    out: Path = PSEUDO,
-    out_metrics: Path = Path("metrics/pseudo.json"),
 ) -> dict:
-    index = read_index()
-    n_train, n_test = len(index.train), len(index.test)
-    report: dict = {"enabled": ps.enabled, "source": ps.source, "threshold": ps.threshold}
-    if ps.enabled and n_test < n_train / 2:
-        print(
-            f"warning: the test set ({n_test} images) is less than half the training set "
-            f"({n_train}); pseudolabels add little when the test set is much smaller"
-        )
-    if ps.enabled and ps.source == "ensemble":
-        print(LEAK_WARNING)
+    """Round `round_`'s pseudolabels, from fold k's teachers (round 1) or round r - 1's students;
+    a round that does not run writes empty labels that say why."""
+    index, why = read_index(), not_run(ps, round_)
+    by, out = labeller(round_), pseudo_dir(round_)
+    report: dict = {"enabled": why is None, "source": ps.source, "threshold": ps.threshold}
+    if why is None:
+        warn(ps, len(index.train), len(index.test))
     fold_table = read_folds()
     empty = pd.DataFrame(columns=["id", "label", "confidence", *index.classes])
     with atomic_dir(out) as tmp:  # every fold's labels appear together or not at all
         for k in folds:
-            info = ps.model_dump(include=set(SELECTION))
-            info["teacher_weights"] = teacher_weights(models, backbones, k)
+            info = ps.model_dump(include=set(SELECTION)) | {"enabled": why is None}
             frame = empty
-            if ps.enabled:
-                inputs = fold_inputs(index, ps, backbones, folds, k, metric, preds, ens)
+            if why is None:
+                info["teacher_weights"] = teacher_weights(by.models, backbones, k)
+                inputs = fold_inputs(index, ps, backbones, folds, k, metric, by.preds, ens)
                 frame, found = label_fold(index, ps, k, inputs, fold_table)
-                info |= found
+                info |= found | {"round": round_, "labeller": by.name}
                 report[f"fold{k}"] = {"kept": found["kept"], "per_class": found["per_class"]}
-                print(f"pseudolabel: fold {k}: {kept_line(found, n_test)}")
+                print(f"pseudolabel: round {round_}, fold {k}: {kept_line(found, len(index.test))}")
             write_csv(tmp / f"fold{k}" / "labels.csv", frame)
             write_json(tmp / f"fold{k}" / "source.json", info)
-    if not ps.enabled:
-        print("pseudolabel: pseudo.enabled is false: no pseudolabels, no student trains")
-    write_json(out_metrics, report)
+    if why is not None:
+        print(f"pseudolabel: round {round_}: {why}: no pseudolabels, no student trains")
+    write_json(pseudo_metrics(round_), report | ({} if why is None else {"skipped": why}))
     return report
 
 
+def pseudo_metrics(round_: int) -> Path:
+    """metrics/pseudo.json (round 1), metrics/pseudo_round<r>.json."""
+    return Path("metrics") / ("pseudo.json" if round_ == 1 else f"pseudo_round{round_}.json")
+
+
+def warn(ps: Pseudo, n_train: int, n_test: int) -> None:
+    if n_test < n_train / 2:
+        print(
+            f"warning: the test set ({n_test} images) is less than half the training set "
+            f"({n_train}); pseudolabels add little when the test set is much smaller"
+        )
+    if ps.source == "ensemble":
+        print(LEAK_WARNING)
+
+
 def main(argv: list[str]) -> None:
-    argparse.ArgumentParser(prog="python -m pipeline pseudolabel").parse_args(argv)
+    ap = argparse.ArgumentParser(prog="python -m pipeline pseudolabel")
+    round_arg(ap)
+    a = ap.parse_args(argv)
     p = load_params()
-    run(p.pseudo, p.train.backbones, p.base.folds, p.competition.metric)
+    run(p.pseudo, p.train.backbones, p.base.folds, p.competition.metric, a.round)

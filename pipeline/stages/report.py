@@ -33,7 +33,7 @@ import pandas as pd
 
 from pipeline.files import PipelineError, atomic_dir, read_json, write_text
 from pipeline.params import Params, load_params
-from pipeline.roles import STUDENT, TEACHER, Role
+from pipeline.roles import TEACHER, Role, student
 
 OUT = Path("reports")
 PAGE = """<!DOCTYPE html>
@@ -67,8 +67,8 @@ def live_runs(p: Params) -> list[tuple[str, str, int, Path]]:
     """(role, model, fold, dvclive folder) of the runs the params name: the teachers, and the
     students when the round is on (folders of other backbones or folds are left out)."""
     roles: list[tuple[Role, list[str]]] = [(TEACHER, p.train.backbones)]
-    if p.pseudo.enabled:
-        roles.append((STUDENT, p.train.backbones))  # a student's folder: its teacher's name
+    if p.pseudo.enabled:  # every round's students; a student's folder: its teacher's name
+        roles += [(student(r), p.train.backbones) for r in range(1, p.pseudo.rounds + 1)]
     runs = []
     for role, names in roles:
         for name, fold in ((n, k) for n in names for k in p.base.folds):
@@ -164,9 +164,16 @@ def teacher_student(curves: pd.DataFrame, final: dict) -> pd.DataFrame:
         column = "ema_valid_metric" if g["kept_weights"].iloc[0] == "ema" else "valid_metric"
         kept = g.loc[g["epoch"] == g["best_epoch"], column]
         rows.append({"fold": f"fold {fold}", "run": run, "score": float(kept.iloc[0])})
-    for key, run in (("teacher_cv", "teachers' blend"), ("student_cv", "students' blend")):
-        if key in final:
-            rows.append({"fold": "CV (blend, TTA)", "run": run, "score": final[key]})
+    blends = {
+        "teachers' blend": final.get("teacher_cv"),
+        "students' blend": final.get("student_cv"),
+    }
+    if "rounds" in final:  # the last round's is the students' blend
+        blends |= {f"students' blend, round {r}": v for r, v in final["rounds"].items()}
+        del blends["students' blend"]
+    for run, score in blends.items():
+        if score is not None:
+            rows.append({"fold": "CV (blend, TTA)", "run": run, "score": score})
     return pd.DataFrame(rows)
 
 

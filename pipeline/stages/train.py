@@ -26,7 +26,6 @@ every epoch lives in checkpoints/ (outside DVC's outputs), so a killed run resum
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -44,7 +43,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline import curves, metrics, model, schedules
+from pipeline import curves, metrics, model, roles, schedules
 from pipeline.data import (
     EpochBatches,
     EpochData,
@@ -65,12 +64,11 @@ from pipeline.index import FOLDS, Index, encode_labels, fold_rows, read_folds, r
 from pipeline.inference import predict_split
 from pipeline.loop import LoopConfig, Phase, accelerator, fit, steps_per_epoch
 from pipeline.params import Params, Pseudo, Train, Tta, load_params
-from pipeline.roles import DISABLED, PLAIN, STUDENT, TEACHER, Role, write_skips
+from pipeline.roles import PLAIN, TEACHER, Role, write_skips
 
 AUTO_STEPS = 16  # train.batch_size: auto lowers the batch until an epoch has this many steps
 MIN_STEPS = 200  # fewer optimizer steps in all than this prints a warning
 SECTIONS = ("base", "model", "head", "lr_find", "train", "augment")  # what shapes the weights
-PSEUDO = Path("pseudo")
 CODE = Path(__file__).resolve().parents[1]  # the pipeline package: its code is in the resume key
 Loader = torch.utils.data.DataLoader
 
@@ -123,34 +121,36 @@ def teacher_spec(p: Params) -> Spec:
                 pretrained=p.model.pretrained is not False)  # fmt: skip
 
 
-def student_spec(p: Params, name: str, fold: int, pseudo_dir: Path = PSEUDO) -> Spec | str:
-    """The student of fold `fold`, or why there is none (pseudo.enabled is false)."""
-    ps = p.pseudo
-    if not ps.enabled:
-        return DISABLED
-    frame, source = read_pseudolabels(pseudo_dir / f"fold{fold}", read_index())
+def student_spec(p: Params, name: str, fold: int, round_: int = 1) -> Spec | str:
+    """Round `round_`'s student of fold `fold`, or why there is none (pseudo.enabled is false,
+    or the round is past pseudo.rounds)."""
+    ps, why = p.pseudo, roles.not_run(p.pseudo, round_)
+    if why is not None:
+        return why
+    folder = roles.pseudo_dir(round_) / f"fold{fold}"
+    frame, source = read_pseudolabels(folder, read_index(), round_)
     if ps.control:  # the same student, init, epochs and LR; labeled batches only
         frame = frame.iloc[:0]
     init = None
-    if ps.init == "teacher":
-        init = TEACHER.models / name / f"fold{fold}" / "model.safetensors"
-        check_teacher(init, source["teacher_weights"].get(name), pseudo_dir / f"fold{fold}")
+    if ps.init == "teacher":  # round 1: fold k's teacher; round r: round r - 1's student
+        init = roles.labeller(round_).models / name / f"fold{fold}" / "model.safetensors"
+        check_teacher(init, source["teacher_weights"].get(name), folder, round_)
     head = p.head_epochs() if ps.init == "scratch" else 0  # a refined teacher has its head
-    labels = pseudo_dir / f"fold{fold}" / "labels.csv"
-    files = (labels,) if init is None else (labels, init)
-    return Spec(STUDENT, head, ps.epochs, ps.lr, init, frame, ps, files,
+    files = (folder / "labels.csv",) if init is None else (folder / "labels.csv", init)
+    return Spec(roles.student(round_), head, ps.epochs, ps.lr, init, frame, ps, files,
                 pretrained=p.model.pretrained is not False)  # fmt: skip
 
 
-def read_pseudolabels(folder: Path, index: Index) -> tuple[pd.DataFrame, dict]:
+def read_pseudolabels(folder: Path, index: Index, round_: int = 1) -> tuple[pd.DataFrame, dict]:
     """labels.csv and source.json as pseudolabel wrote them, checked against the index."""
     labels, source = folder / "labels.csv", folder / "source.json"
+    stage = pseudolabel_stage(round_)
     for f in (labels, source):
         if not f.exists():
-            raise PipelineError(f"{f}: missing; run `dvc repro pseudolabel` first")
+            raise PipelineError(f"{f}: missing; run `dvc repro {stage}` first")
     info = read_json(source)
     if not info.get("enabled") or "teacher_weights" not in info:
-        raise PipelineError(f"{source}: not written for this round; run `dvc repro pseudolabel`")
+        raise PipelineError(f"{source}: not written for this round; run `dvc repro {stage}`")
     frame = pd.read_csv(labels, dtype={"id": str, "label": str}, keep_default_na=False)
     missing = [c for c in ["id", *index.classes] if c not in frame.columns]
     unknown = set(frame["id"]) - set(index.test["id"]) if "id" in frame else set()
@@ -160,14 +160,21 @@ def read_pseudolabels(folder: Path, index: Index) -> tuple[pd.DataFrame, dict]:
             if missing
             else f"ids not in the test set {sorted(unknown)[:3]}"
         )
-        raise PipelineError(f"{labels}: {what}; run `dvc repro pseudolabel`")
+        raise PipelineError(f"{labels}: {what}; run `dvc repro {stage}`")
     return frame, info
 
 
-def check_teacher(weights: Path, recorded: str | None, folder: Path) -> None:
-    """The teacher a student refines must be the one that made its pseudolabels."""
+def pseudolabel_stage(round_: int) -> str:
+    """dvc.yaml's name of round `round_`'s pseudolabel stage."""
+    return "pseudolabel" if round_ == 1 else f"pseudolabel_{round_}"
+
+
+def check_teacher(weights: Path, recorded: str | None, folder: Path, round_: int = 1) -> None:
+    """The teacher a student refines must be the one that made its pseudolabels (in round r > 1:
+    round r - 1's student)."""
     if not weights.exists():
-        raise PipelineError(f"{weights}: missing; pseudo.init: teacher needs the fold's teacher")
+        who = "the fold's teacher" if round_ == 1 else f"round {round_ - 1}'s student"
+        raise PipelineError(f"{weights}: missing; pseudo.init: teacher needs {who}")
     if recorded != sha256(weights):
         raise PipelineError(
             f"{weights} is not the teacher recorded in {folder}/source.json; run `dvc repro` "
@@ -229,11 +236,11 @@ SEED_STREAMS = ("init", "epoch", "pseudo", "workers")  # what a seed is for, wit
 
 
 def run_seed(seed: int, fold: int, role: str, stream: str, epoch: int = 0) -> int:
-    """A 32-bit seed for one random stream of one run (base.seed, fold, teacher or student),
-    e.g. one epoch's shuffling and augmentation: the same draws again after a resume. The whole
-    tuple is hashed (SeedSequence), so no two runs or streams share seeds the way seed + fold did
-    (seed 42 fold 1 was seed 43 fold 0)."""
-    words = [seed, fold, ("teacher", "student").index(role), SEED_STREAMS.index(stream), epoch]
+    """A 32-bit seed for one random stream of one run (base.seed, fold, the teacher or a round's
+    student), e.g. one epoch's shuffling and augmentation: the same draws again after a resume.
+    The whole tuple is hashed (SeedSequence), so no two runs or streams share seeds the way
+    seed + fold did (seed 42 fold 1 was seed 43 fold 0)."""
+    words = [seed, fold, roles.by_name(role).round, SEED_STREAMS.index(stream), epoch]
     return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
@@ -381,7 +388,7 @@ def check_steps(spec: Spec, d: FoldData, acc: Accelerator, accumulate: int = 1) 
     per_epoch = epoch_steps(len(d.train_rows), d.batch, ratio, accumulate)
     total = per_epoch * (spec.head_epochs + spec.epochs)
     if total < MIN_STEPS:
-        epochs = "pseudo.epochs" if spec.role is STUDENT else "train.epochs"
+        epochs = "train.epochs" if spec.role is TEACHER else "pseudo.epochs"
         labeled = "" if ratio is None else f" ({d.batch - pseudo_share(d.batch, ratio)} labeled)"
         k = "" if accumulate == 1 else f", {accumulate} batches a step"
         lower = "train.batch_size" + ("" if accumulate == 1 else " or train.accumulate")
@@ -747,11 +754,11 @@ def model_info(p: Params, name: str, fold: int, spec: Spec, d: FoldData) -> dict
     return info
 
 
-def run(p: Params, name: str, fold: int, student: bool = False) -> None:
+def run(p: Params, name: str, fold: int, student: bool = False, round_: int = 1) -> None:
     p = p.student() if student else p  # pseudo.noise: the student's augmentation and dropout
-    spec = student_spec(p, name, fold) if student else teacher_spec(p)
+    spec = student_spec(p, name, fold, round_) if student else teacher_spec(p)
     if isinstance(spec, str):  # no student this time: its outputs say why
-        write_skips("train", name, fold, spec)
+        write_skips("train", name, fold, spec, roles.student(round_))
         return
     acc = accelerator(p.train.mixed_precision)
     set_seed(run_seed(p.base.seed, fold, spec.role.name, "init"))  # the init: torch, numpy, random
@@ -772,7 +779,7 @@ def run(p: Params, name: str, fold: int, student: bool = False) -> None:
     if spec.head_epochs:
         phases.insert(0, head_phase(p, spec, net, groups, loaders, valid, d, fold, acc))
     with_mixing(phases, net, batch_mix(p.augment, len(index.classes)))
-    title = f"student {arch}{'' if arch == name else f' of {name}'}" if student else name
+    title = f"{spec.role.name} {arch}{'' if arch == name else f' of {name}'}" if student else name
     title = f"{title} fold {fold}"
     about = describe(title, spec, d, groups, phases, acc)
     check_steps(spec, d, acc, p.train.accumulate)
@@ -850,9 +857,5 @@ def check_replicas(net: nn.Module, acc: Accelerator) -> None:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pipeline train")
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--fold", type=int, required=True)
-    ap.add_argument("--student", action="store_true", help="fold k's student (pseudolabels)")
-    a = ap.parse_args(argv)
-    run(load_params(), a.model, a.fold, student=a.student)
+    a = roles.parse_stage("train", argv)
+    run(load_params(), a.model, a.fold, student=a.student, round_=a.round)
