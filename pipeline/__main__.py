@@ -23,6 +23,7 @@ from pipeline.failures import os_failure
 STAGES = (
     "download",
     "prepare",
+    "extra",
     "folds",
     "train",
     "predict",

@@ -124,6 +124,33 @@ def walk(root: str | Path) -> Iterator[tuple[Path, list[str], list[str]]]:
         yield Path(folder), dirs, sorted(files)
 
 
+JUNK = ("__MACOSX", ".DS_Store", "Thumbs.db")  # what zipping on a Mac or Windows adds
+
+
+def listing(src: Path) -> dict:
+    """A local folder's (or one archive's) relative file names, sizes and modification times,
+    as a digest (never the contents: 100k images are listed in a second)."""
+    src = src.resolve()
+    tree = walk(src) if src.is_dir() else [(src.parent, [], [src.name])]  # an archive: itself
+    entries = [
+        ((folder / n).relative_to(src.parent).as_posix(), *_size_time(folder / n))
+        for folder, _, names in tree
+        for n in names
+        if n not in JUNK and not n.startswith("._")
+    ]
+    digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+    size = sum(e[1] for e in entries)
+    return {"path": str(src), "files": len(entries), "bytes": size, "listing_sha256": digest}
+
+
+def _size_time(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:  # a link to nothing: counted, so that it is noticed once it is mended
+        return -1, 0
+    return st.st_size, st.st_mtime_ns
+
+
 def sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

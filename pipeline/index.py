@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 from pipeline.files import PipelineError, read_json
 
 PREPARED = Path("data/prepared")
+EXTRA = Path("data/extra")  # pseudo.extra's images: test.csv (id, path), meta.json, test_images.npy
 FOLDS = Path("folds/folds.csv")
 ORIENTATION = 0x0112  # the EXIF tag: 1 upright, 6 turned 90 degrees (a phone held upright), ...
 
@@ -51,6 +52,22 @@ def read_index(root: str | Path = PREPARED) -> Index:
     train = pd.read_csv(root / "train.csv", dtype=str_cols, keep_default_na=False)
     test = pd.read_csv(root / "test.csv", dtype=str_cols, keep_default_na=False)
     return Index(train=train, test=test, meta=read_json(root / "meta.json"), root=root)
+
+
+def read_pool(extra: str | None = "", root: str | Path = EXTRA) -> Index:
+    """pseudo.extra's unlabeled images (the `extra` stage's output) as an index whose test split
+    they are, so that the test set's dataset, prediction and cache code reads them unchanged.
+    Empty, and nothing read, when `extra` (pseudo.extra) is None."""
+    root = Path(root)
+    if extra is None:
+        return Index(
+            pd.DataFrame(columns=["id", "path"]), pd.DataFrame(columns=["id", "path"]), {}, root
+        )
+    for name in ("test.csv", "meta.json"):
+        if not (root / name).exists():
+            raise PipelineError(f"{root / name}: missing; run `dvc repro extra` first")
+    pool = pd.read_csv(root / "test.csv", dtype={"id": str, "path": str}, keep_default_na=False)
+    return Index(train=pool.iloc[:0], test=pool, meta=read_json(root / "meta.json"), root=root)
 
 
 def read_folds(path: Path = FOLDS) -> pd.DataFrame:

@@ -245,6 +245,9 @@ class Pseudo(Section):
     # the students' own noise (Noisy Student): {augment.KEY or model.drop_rate / drop_path_rate:
     # value} over the teachers' params; {}: the teachers' noise
     noise: dict[str, float | str | bool | list[float]]
+    # unlabeled images beyond the test set (a folder or an archive): predicted by each fold's
+    # teachers and selected with the test set; never validated on, never submitted
+    extra: str | None
 
     @field_validator("noise")
     @classmethod
@@ -386,6 +389,11 @@ class Params(Section):
             raise ValueError(
                 "pseudo.rounds > 1 labels each round from the last round's students of the same "
                 "fold; use pseudo.source: fold (source: ensemble is for one round)"
+            )
+        if ps.enabled and ps.extra is not None and ps.source == "ensemble":
+            raise ValueError(
+                "pseudo.extra's images are labelled by each fold's teachers; use pseudo.source: "
+                "fold (the ensemble's blend covers the test set only)"
             )
         archs = list(self.students().values())
         twice = sorted({s for s in archs if archs.count(s) > 1})

@@ -35,9 +35,9 @@ import threading
 import time
 from pathlib import Path
 
-WARM = ("download", "prepare", "folds", "train", "predict", "ensemble", "pseudolabel", "diagnose",
-        "report", "submit", "export")  # fmt: skip
-LIGHT = ("download", "prepare")  # first in the graph, quick cold: they do not wait for a
+WARM = ("download", "prepare", "extra", "folds", "train", "predict", "ensemble", "pseudolabel",
+        "diagnose", "report", "submit", "export")  # fmt: skip
+LIGHT = ("download", "prepare", "extra")  # first in the graph, quick cold: they do not wait for a
 # starting server (its imports take longer than they do); they start it and run in-process.
 # folds, next, is ready sooner by waiting: its own imports (scikit-learn) take 4 s cold
 SHAPING_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTHONPATH")

@@ -64,6 +64,9 @@ PARAMS_CASES = [
     Case("rounds from the leaking ensemble",
          params({"pseudo": {"rounds": 2, "source": "ensemble"}}),
          r"pseudo\.rounds > 1 labels each round from the last round's students.*source: fold"),
+    Case("extra images with the ensemble's labels",
+         params({"pseudo": {"extra": "pool", "source": "ensemble"}}),
+         r"pseudo\.extra's images are labelled by each fold's teachers; use pseudo\.source: fold"),
 ]  # fmt: skip
 
 

@@ -46,7 +46,7 @@ RECIPE = {  # two backbones, SGDR with a snapshot per cycle (epochs 1 and 3), fi
 def test_dvc_repro_end_to_end(project, tiny_comp, tmp_path):
     project.set_params(RECIPE)
     first = project.run(["dvc", "repro"])
-    assert ran(first)[:3] == ["download", "prepare", "folds"]
+    assert [s for s in ran(first) if s != "extra"][:3] == ["download", "prepare", "folds"]
     raw = project.path / "data/raw/train.csv"  # a local folder: linked, and DVC keeps the links
     assert raw.is_symlink() and raw.resolve() == (tiny_comp / "train.csv").resolve()
     order = ran(first)
@@ -170,3 +170,31 @@ def test_two_rounds_each_labelled_by_the_last_rounds_students_of_the_same_fold(p
     assert {"pseudolabel_2", "train_student_2@resnet10t-1", "ensemble_final"} <= set(again)
     assert not any(s.startswith(("train@", "train_student@", "pseudolabel@")) for s in again)
     assert "rounds" not in json.loads((project.path / "metrics/final.json").read_text())
+
+
+def test_extra_images_join_the_round_without_retraining_the_teachers(project, tmp_path):
+    from PIL import Image
+
+    from tests.test_extra import write_pool
+
+    project.set_params({"pseudo": {"class_cap": False}, "diagnose": {"enabled": False}})
+    project.run(["dvc", "repro"])
+    pool = write_pool(tmp_path / "pool", n=4, size=12)
+    project.set_params({"pseudo": {"extra": str(pool)}})
+    again = ran(project.run(["dvc", "repro"]))
+    assert {"extra", "predict@resnet10t-1", "pseudolabel", "train_student@resnet10t-0"} <= set(
+        again
+    )
+    assert not any(s.startswith(("download", "prepare", "folds", "train@")) for s in again)
+    for k in (0, 1):  # threshold 0, no cap: every test and extra image, by fold k's teacher
+        labels = pd.read_csv(project.path / f"pseudo/fold{k}/labels.csv", dtype={"id": str})
+        assert (len(labels), labels["id"].str.startswith("extra/").sum()) == (16, 4)
+        info = json.loads(
+            (project.path / f"students/models/resnet10t/fold{k}/model.json").read_text()
+        )
+        assert info["pseudolabeled"] == 16
+    sub = pd.read_csv(project.path / "submissions/submission.csv", dtype=str)
+    assert len(sub) == 12 and not sub.iloc[:, 0].str.startswith("extra/").any()
+    Image.open(pool / "x0.png").save(pool / "x9.png")  # an image added to the pool
+    assert ran(project.run(["dvc", "repro", "extra"])) == ["extra"]
+    assert len(pd.read_csv(project.path / "data/extra/test.csv")) == 5

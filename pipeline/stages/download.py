@@ -19,8 +19,6 @@ changes, and a Kaggle download is never repeated.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -31,12 +29,12 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from pipeline import kaggle
-from pipeline.files import PipelineError, atomic_dir, walk, write_json
+from pipeline.files import JUNK, PipelineError, atomic_dir, listing, walk, write_json
 from pipeline.params import Competition, load_params
 
 RAW = Path("data/raw")
 MANIFEST = Path("data/source.json")  # the `source` stage's output, a dependency of download
-JUNK = ("__MACOSX", ".DS_Store", "Thumbs.db")  # what zipping on a Mac or Windows adds
+EXTRA_MANIFEST = Path("data/extra_source.json")  # and of the `extra` stage
 SKEWED = {3: 1 / 3, 8: 1 / 3}  # class -> fraction of its training images the demo keeps
 
 
@@ -102,31 +100,21 @@ def local_source(comp: Competition) -> Path:
 
 def manifest(comp: Competition) -> dict:
     """What the download stage's output is made from, cheap to compute: for a local folder the
-    relative name, size and modification time of every file (never the contents: 100k images
-    are listed in a second), so that DVC reruns download and prepare exactly when it changed.
-    Demo and Kaggle downloads are fixed by the stage's params alone."""
+    listing of its files (files.listing), so that DVC reruns download and prepare exactly when it
+    changed. Demo and Kaggle downloads are fixed by the stage's params alone."""
     if comp.source != "path":
         return {"source": comp.source}
-    src = local_source(comp).resolve()
-    listing = walk(src) if src.is_dir() else [(src.parent, [], [src.name])]  # a .zip: itself
-    entries = [
-        ((folder / n).relative_to(src.parent).as_posix(), *_size_time(folder / n))
-        for folder, _, names in listing
-        for n in names
-        if n not in JUNK and not n.startswith("._")
-    ]
-    digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
-    size = sum(e[1] for e in entries)
-    return {"source": "path", "path": str(src), "files": len(entries), "bytes": size,
-            "listing_sha256": digest}  # fmt: skip
+    return {"source": "path", **listing(local_source(comp))}
 
 
-def _size_time(path: Path) -> tuple[int, int]:
-    try:
-        st = path.stat()
-    except OSError:  # a link to nothing: counted, so that it is noticed once it is mended
-        return -1, 0
-    return st.st_size, st.st_mtime_ns
+def extra_manifest(extra: str | None) -> dict:
+    """The same listing of pseudo.extra's folder or archive (the `extra` stage's dependency)."""
+    if extra is None:
+        return {"extra": None}
+    src = Path(extra).expanduser()
+    if not src.exists():
+        raise PipelineError(f"pseudo.extra: '{extra}' does not exist")
+    return {"extra": extra, **listing(src)}
 
 
 def from_local(src: Path, dest: Path) -> None:
@@ -179,5 +167,6 @@ def main(argv: list[str]) -> None:
     p = load_params()
     if a.manifest:
         write_json(MANIFEST, manifest(p.competition))
+        write_json(EXTRA_MANIFEST, extra_manifest(p.pseudo.extra if p.pseudo.enabled else None))
     else:
         run(p.competition, p.base.seed, force=a.force)

@@ -14,11 +14,13 @@ Writes preds/<model>/fold<k>/ (students: students/preds/...): oof.csv (the fold'
 rows) and test.csv, each an id column and one probability column per class, as blended;
 oof_plain.csv and test_plain.csv without TTA; views.npz (every view's probabilities, for tuning);
 tta.json (views, beta, the OOF metric of plain, TTA and the blend); and for SGDR models
-snapshots/cycle<i>/{oof,test}.csv and tta.json, the same TTA over each snapshot. Only `tta` and
-competition.metric are read from params, so changing them reruns predict and what follows, never
-training. With no view and no random draw (`tta.views: []`, `tta.random: 0`) predict loads no
-model and no torch: it takes the plain predictions the train stage wrote beside the weights
-(`models/<model>/fold<k>/plain/`), the same numbers a model run would give.
+snapshots/cycle<i>/{oof,test}.csv and tta.json, the same TTA over each snapshot; with
+pseudo.extra, extra.csv: its images (data/extra/) through the kept weights, the same views and
+beta. Only `tta` and competition.metric are read from params, so changing them reruns predict
+and what follows, never training. With no view and no random draw (`tta.views: []`,
+`tta.random: 0`) and no extra images predict loads no model and no torch: it takes the plain
+predictions the train stage wrote beside the weights (`models/<model>/fold<k>/plain/`), the same
+numbers a model run would give.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pandas as pd
 
 from pipeline import metrics
 from pipeline.files import atomic_dir, read_json, write_csv, write_json
-from pipeline.index import Index, encode_labels, fold_rows, read_folds, read_index
+from pipeline.index import Index, encode_labels, fold_rows, read_folds, read_index, read_pool
 from pipeline.params import Augment, Params, Tta, load_params
 from pipeline.preds import mean_probs, read_preds
 from pipeline.roles import PLAIN, TEACHER, Role, parse_stage, skipped, student, write_skips
@@ -135,6 +137,22 @@ def predictor(src: Path, tta: Tta, fold: int):
     return info, views
 
 
+def pool_preds(src: Path, tta: Tta, info: dict, beta: float, extra: str | None):
+    """pseudo.extra's images (index.read_pool) through the kept weights, with the test set's
+    views and beta; None when there are none (no torch loaded then)."""
+    pool = read_pool(extra)
+    if not len(pool.test):
+        return None
+    from pipeline.inference import load_model, predict_split
+
+    net, _, device = load_model(src)
+    info = {**info, "augment": Augment(**info["augment"]) if info.get("augment") else None}
+    views = predict_split(net, pool, "test", np.arange(len(pool.test)), tta, info, device)
+    frame = pd.DataFrame(blend_tta(views, beta, tta.combine, info["task"]), columns=info["classes"])
+    frame.insert(0, "id", pool.test["id"].to_numpy())
+    return frame
+
+
 def run(p: Params, name: str, fold: int, role: Role = TEACHER) -> None:
     tta, metric = p.tta, p.competition.metric
     src = role.models / name / f"fold{fold}"
@@ -154,10 +172,14 @@ def run(p: Params, name: str, fold: int, role: Role = TEACHER) -> None:
             write_json(tmp / sub / "tta.json", report)  # its beta: what an exported kernel uses
             if not sub:
                 kept = outs, beta, report
-    outs, beta, report = kept
+        outs, beta, report = kept
+        extra = pool_preds(src, tta, info, beta, p.pseudo.extra)
+        if extra is not None:
+            write_csv(tmp / "extra.csv", extra)
+    n_extra = "" if extra is None else f" + {len(extra)} extra"
     print(
         f"predict: {role.name} {name} fold {fold}, {len(outs['oof']['plain'])} oof + "
-        f"{len(index.test)} test rows, TTA {tta.views} + {tta.random} random, beta {beta} "
+        f"{len(index.test)} test{n_extra} rows, TTA {tta.views} + {tta.random} random, beta {beta} "
         f"(OOF {metric}: plain {report['oof_plain']:.4f}, TTA {report['oof_tta']:.4f}, "
         f"blend {report['oof_blend']:.4f}) -> {out}/"
     )

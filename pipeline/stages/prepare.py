@@ -20,21 +20,19 @@ n_test, cache_size, resize.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from pipeline import layouts, metrics
+from pipeline.decode import decode_all
 from pipeline.files import PipelineError, atomic_dir, write_csv, write_json
-from pipeline.index import PREPARED, label_counts, load_image, resize, tag_set
+from pipeline.index import PREPARED, label_counts, tag_set
 from pipeline.params import Competition, Prepare, load_params
-from pipeline.progress import progress
 
 RAW = Path("data/raw")
 POSITIVE_NAMES = ("1", "true", "yes", "positive", "pos")  # read as "the positive class"
@@ -148,31 +146,6 @@ def write_pixel_images(layout: layouts.Layout, tmp: Path, out: Path) -> list[str
         frame["path"] = [str(out / "images" / split / f"{i}.png") for i in frame["id"]]
         to_decode += [str(folder / f"{i}.png") for i in frame["id"]]
     return to_decode
-
-
-def decode_all(
-    paths: list[str], size: int | None, mode: str = "squish"
-) -> tuple[np.ndarray | None, list[str], str]:
-    """Open every image once; return the stack resized as `mode` says (if size), the unreadable
-    files and the sha256 of every file's bytes in order (training's resume key)."""
-    bad, stack, h = [], [], hashlib.sha256()
-    for p in progress(paths, len(paths), "prepare: decoding images", "image"):
-        data = Path(p).read_bytes()
-        h.update(len(data).to_bytes(8, "little") + data)
-        if not data:
-            bad.append(f"{p} (empty file: 0 bytes)")
-            continue
-        try:
-            img = load_image(io.BytesIO(data))
-        except UnidentifiedImageError:
-            bad.append(f"{p} (not an image format PIL can read)")
-            continue
-        except Exception as e:  # PIL raises many types for broken files; all mean "unreadable"
-            bad.append(f"{p} ({type(e).__name__}: {e})")
-            continue
-        if size:
-            stack.append(resize(img, size, mode))
-    return (np.stack(stack) if size and not bad else None), bad, h.hexdigest()
 
 
 def cache_images(layout: layouts.Layout, decode: list[str], cfg: Prepare, tmp: Path) -> dict:

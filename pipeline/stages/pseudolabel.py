@@ -16,6 +16,9 @@ confident images (the most confident stay; a hard class with few keeps them all:
 Targets: the probabilities (`soft`, sharpened by `temperature`) or hard labels (multi-label: tags
 through thresholds tuned on the other folds' out-of-fold predictions, or the ensemble's).
 
+With `pseudo.extra`, its images (data/extra/, predicted by the same teachers: extra.csv beside
+test.csv) are selected together with the test set, by the same threshold and class cap.
+
 Writes pseudo/fold<k>/labels.csv (id, label, confidence, one target column per class: what the
 student trains on), pseudo/fold<k>/source.json (provenance: source, teachers and the sha256 of
 their weights, settings, counts) and metrics/pseudo.json (kept, dropped and capped per class and
@@ -32,12 +35,13 @@ import pandas as pd
 
 from pipeline import metrics
 from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_csv, write_json
-from pipeline.index import Index, encode_labels, fold_rows, read_folds, read_index
+from pipeline.index import Index, encode_labels, fold_rows, read_folds, read_index, read_pool
 from pipeline.params import Pseudo, load_params
 from pipeline.preds import fold_blend, read_preds
 from pipeline.roles import labeller, not_run, pseudo_dir, round_arg
 
-SELECTION = ("enabled", "source", "threshold", "weighting", "class_cap", "soft", "temperature")
+SELECTION = ("enabled", "source", "threshold", "weighting", "class_cap", "soft", "temperature",
+             "extra")  # fmt: skip
 LEAK_WARNING = (
     "WARNING: pseudo.source: ensemble labels every fold's student with the blend of all "
     "teachers; the teachers of the other folds trained on fold k's validation rows, so the "
@@ -171,42 +175,62 @@ def ensemble_thresholds(path: Path, classes: list[str]) -> np.ndarray | None:
 
 
 def fold_inputs(index, ps: Pseudo, backbones, folds, fold, metric, preds: Path, ens: Path):
-    """(test probabilities, multi-label thresholds, who labelled) for fold `fold`'s student."""
+    """(test and extra images' probabilities, multi-label thresholds, who labelled) for fold
+    `fold`'s student."""
     multi = index.meta["task"] == "multi_label"
     if ps.source == "ensemble":
         probs = read_preds(ens / "test.csv", index.classes)
         return probs, ensemble_thresholds(ens / "thresholds.json", index.classes), ["ensemble"]
     dirs = [preds / b for b in backbones]
     probs = fold_blend(dirs, fold, "test", index.classes)
+    if ps.extra is not None:  # pseudo.extra's images, predicted beside the test set
+        probs = pd.concat([probs, fold_blend(dirs, fold, "extra", index.classes)])
     thr = other_folds_thresholds(index, dirs, fold, folds, metric) if multi else None
     return probs, thr, [f"{b} fold {fold}" for b in backbones]
 
 
-def label_fold(index: Index, ps: Pseudo, k: int, inputs, fold_table) -> tuple[pd.DataFrame, dict]:
+def pool_ids(index: Index, pool: Index) -> pd.Series:
+    """The images to label: the test set's, then pseudo.extra's (none of them a test id)."""
+    clash = set(pool.test["id"]) & set(index.test["id"])
+    if clash:
+        raise PipelineError(
+            f"{pool.root / 'test.csv'}: ids {sorted(clash)[:3]} are test ids too; rerun "
+            "`dvc repro extra`"
+        )
+    return pd.concat([index.test["id"], pool.test["id"]], ignore_index=True)
+
+
+def label_fold(
+    index: Index, pool: Index, ps: Pseudo, k: int, inputs, fold_table
+) -> tuple[pd.DataFrame, dict]:
     """Fold k's kept pseudolabels and its provenance record (with counts per class)."""
     probs, thresholds, who = inputs
-    missing = set(index.test["id"]) - set(probs.index)
+    ids = pool_ids(index, pool)
+    missing = set(ids) - set(probs.index)
     if missing:
         raise PipelineError(
-            f"test predictions from {', '.join(who)} lack {len(missing)} test ids (e.g. "
+            f"predictions from {', '.join(who)} lack {len(missing)} test "
+            f"{'or extra ' if len(pool.test) else ''}ids (e.g. "
             f"{sorted(missing)[:3]}); rerun `dvc repro predict`"
         )
     shares = train_shares(index, fold_rows(index, fold_table, k)[0])
-    frame, counts = label_frame(
-        probs.loc[index.test["id"]], index.meta["task"], ps, shares, thresholds
-    )
-    info = {"labelled_by": who, "kept": len(frame), "of": len(index.test)}
+    frame, counts = label_frame(probs.loc[ids], index.meta["task"], ps, shares, thresholds)
+    extra = frame["id"].isin(pool.test["id"])
+    info = {"labelled_by": who, "kept": len(frame), "of": len(ids)}
+    info |= {"kept_extra": int(extra.sum()), "of_extra": len(pool.test)}
     info["per_class"] = {c: {k: int(v) for k, v in row.items()} for c, row in counts.iterrows()}
     return frame, info
 
 
 def kept_line(found: dict, n_test: int) -> str:
     """How many images were kept, why the others were not, and each class's count."""
-    per_class, kept = found["per_class"], found["kept"]
+    per_class, kept, n = found["per_class"], found["kept"], found["of"]
     capped = sum(c["capped"] for c in per_class.values())  # single-label: one class an image
     classes = ", ".join(f"{name} {c['kept']}" for name, c in per_class.items())
+    what = f"{n} test images" if n == n_test else f"{n_test} test + {n - n_test} extra images"
+    extra = f" ({found['kept_extra']} extra)" if n > n_test else ""
     return (
-        f"{kept} of {n_test} test images kept ({n_test - kept - capped} below the threshold, "
+        f"{kept} of {what} kept{extra} ({n - kept - capped} below the threshold, "
         f"{capped} over their class's cap); per class: {classes}"
     )
 
@@ -222,6 +246,7 @@ def run(
     """Round `round_`'s pseudolabels, from fold k's teachers (round 1) or round r - 1's students;
     a round that does not run writes empty labels that say why."""
     index, why = read_index(), not_run(ps, round_)
+    pool = read_pool(ps.extra if why is None else None)
     by, out = labeller(round_), pseudo_dir(round_)
     report: dict = {"enabled": why is None, "source": ps.source, "threshold": ps.threshold}
     if why is None:
@@ -235,9 +260,9 @@ def run(
             if why is None:
                 info["teacher_weights"] = teacher_weights(by.models, backbones, k)
                 inputs = fold_inputs(index, ps, backbones, folds, k, metric, by.preds, ens)
-                frame, found = label_fold(index, ps, k, inputs, fold_table)
+                frame, found = label_fold(index, pool, ps, k, inputs, fold_table)
                 info |= found | {"round": round_, "labeller": by.name}
-                report[f"fold{k}"] = {"kept": found["kept"], "per_class": found["per_class"]}
+                report[f"fold{k}"] = {k_: found[k_] for k_ in ("kept", "kept_extra", "per_class")}
                 print(f"pseudolabel: round {round_}, fold {k}: {kept_line(found, len(index.test))}")
             write_csv(tmp / f"fold{k}" / "labels.csv", frame)
             write_json(tmp / f"fold{k}" / "source.json", info)

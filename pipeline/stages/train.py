@@ -60,7 +60,15 @@ from pipeline.data import (
     split_dataset,
 )
 from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_csv
-from pipeline.index import FOLDS, Index, encode_labels, fold_rows, read_folds, read_index
+from pipeline.index import (
+    FOLDS,
+    Index,
+    encode_labels,
+    fold_rows,
+    read_folds,
+    read_index,
+    read_pool,
+)
 from pipeline.inference import predict_split
 from pipeline.loop import LoopConfig, Phase, accelerator, fit, steps_per_epoch
 from pipeline.params import Params, Pseudo, Train, Tta, load_params
@@ -154,11 +162,13 @@ def read_pseudolabels(folder: Path, index: Index, round_: int = 1) -> tuple[pd.D
     frame = pd.read_csv(labels, dtype={"id": str, "label": str}, keep_default_na=False)
     missing = [c for c in ["id", *index.classes] if c not in frame.columns]
     unknown = set(frame["id"]) - set(index.test["id"]) if "id" in frame else set()
+    if unknown:  # pseudo.extra's images (data/extra/, read only when needed)
+        unknown -= set(read_pool().test["id"])
     if missing or unknown:
         what = (
             f"no column {missing[:3]}"
             if missing
-            else f"ids not in the test set {sorted(unknown)[:3]}"
+            else f"ids not in the test set or pseudo.extra's images {sorted(unknown)[:3]}"
         )
         raise PipelineError(f"{labels}: {what}; run `dvc repro {stage}`")
     return frame, info
@@ -428,22 +438,32 @@ def epoch_dataset(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, tot
     tf = build_transforms("train", strength, p.augment, **d.norm, seed=seed)
     ds = split_dataset(d.index, "train", d.train_rows, tf, epoch_size(d.sizes, epoch, total))
     if spec.pseudo is not None:
-        positions = pd.Series(np.arange(len(d.index.test)), index=d.index.test["id"])
-        rows = positions.loc[spec.pseudo["id"]].to_numpy()
-        pseudo = split_dataset(d.index, "test", rows, tf, ds.size)
+        pseudo, order = pseudo_images(d.index, spec.pseudo["id"], tf, ds.size)
+        rows = spec.pseudo.iloc[order]
         n_classes = len(d.index.classes)
         targets = d.targets if d.targets.ndim == 2 else np.eye(n_classes)[d.targets]
         weight = schedules.rampup(epoch, spec.mix.weight_rampup, spec.mix.weight)
         if spec.mix.weighting == "confidence":
             multi = d.index.meta["task"] == "multi_label"
-            weight = weight * confidence_weights(spec.pseudo["confidence"], n_classes, multi)
+            weight = weight * confidence_weights(rows["confidence"], n_classes, multi)
         ds = torch.utils.data.ConcatDataset(
-            [
-                Weighted(ds, targets, 1.0),
-                Weighted(pseudo, spec.pseudo[d.index.classes].to_numpy(), weight),
-            ]
+            [Weighted(ds, targets, 1.0), Weighted(pseudo, rows[d.index.classes].to_numpy(), weight)]
         )
     return Seeded(ds, tf, seed)
+
+
+def pseudo_images(index: Index, ids: pd.Series, tf, size: int):
+    """(dataset, order): the pseudolabelled images, the test set's first and then pseudo.extra's
+    (data/extra/, read only when an id is one of them), and each one's position in `ids`."""
+    sources = [index] if ids.isin(index.test["id"]).all() else [index, read_pool()]
+    parts, order = [], []
+    for src in sources:
+        positions = pd.Series(np.arange(len(src.test)), index=src.test["id"])
+        mine = ids.isin(positions.index).to_numpy()
+        parts.append(split_dataset(src, "test", positions.loc[ids[mine]].to_numpy(), tf, size))
+        order.append(np.flatnonzero(mine))
+    images = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
+    return images, np.concatenate(order)
 
 
 def epoch_batches(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, total: int):
