@@ -145,3 +145,15 @@ def test_students_train_on_extra_images_and_never_validate_on_them(workdir):
     shutil.rmtree(workdir / "data/extra")  # a student whose pool is gone says which stage to run
     with pytest.raises(PipelineError, match=r"data/extra/test.csv: missing; run `dvc repro extra`"):
         train.student_spec(p, "resnet10t", 0)
+
+
+def test_the_source_stage_lists_the_pool_and_names_a_missing_one(workdir):
+    from pipeline.stages import download
+
+    pool = write_pool(workdir / "pool", n=2)
+    before = download.extra_manifest(str(pool))  # x0.png, more/x1.png, notes.txt
+    assert before["files"] == 3 and download.extra_manifest(None) == {"extra": None}
+    Image.open(pool / "x0.png").save(pool / "x5.png")
+    assert download.extra_manifest(str(pool))["listing_sha256"] != before["listing_sha256"]
+    with pytest.raises(PipelineError, match=r"pseudo.extra: 'gone' does not exist"):
+        download.extra_manifest("gone")
