@@ -52,8 +52,7 @@ OVERRIDES = {  # per competition: what its size needs (see the README's benchmar
     "demo": {},
     "tiny": {"train": {"batch_size": 16, "epochs": 20}},  # 100 images: 5 steps per epoch
     "binary": {"train": {"batch_size": 16, "epochs": 20}},
-    # its sample_submission's "0 1" is also a training label: read as one class with a space
-    "multilabel": {"competition": {"metric": "f2_samples", "task": "multi_label"}},
+    "multilabel": {"competition": {"metric": "f2_samples"}},
 }
 
 

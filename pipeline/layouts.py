@@ -280,8 +280,11 @@ def multi_label(labels: pd.Series, sample: pd.DataFrame | None = None) -> bool:
     if not any(" " in n for n in names):
         return False
     says = None if sample is None else sample_says_tags(names, sample)
-    if says is not None:
-        return says
+    return nested_sets(names) if says is None else says
+
+
+def nested_sets(names: set[str]) -> bool:
+    """Some label is another with one word more: tag sets, not class names."""
     sets = {frozenset(n.split()) for n in names}
     return any(len(s) > 1 and s - {t} in sets for s in sets for t in s)
 
@@ -298,7 +301,7 @@ def sample_says_tags(names: set[str], sample: pd.DataFrame) -> bool | None:
     if len(columns) > 1:
         return False if columns == names else True if columns == words else None
     spaced = {" ".join(v.split()) for v in sample.iloc[:, 1] if len(v.split()) > 1}
-    if spaced & names:
+    if spaced & names and not nested_sets(names):  # a placeholder tag set may be a row's ("0 1")
         return False
     if any(set(v.split()) <= words for v in spaced):
         return True

@@ -189,6 +189,7 @@ def test_the_sample_tells_class_names_with_spaces_from_tag_sets():
     planet = pd.Series(["clear primary", "clear", "cloudy", "clear primary water", "haze"])
     assert layouts.multi_label(planet) and layouts.multi_label(planet, sample("0"))
     assert layouts.multi_label(planet, sample("primary clear agriculture"))
+    assert layouts.multi_label(planet, sample("clear primary"))  # a placeholder that is a row's
 
 
 def test_csv_separator_is_sniffed_from_the_header(tmp_path):
