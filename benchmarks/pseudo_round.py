@@ -121,7 +121,9 @@ def run(kind: str, work: Path, extra: dict, variants: dict[str, dict], rounds: i
     if rounds > 1:
         arms[f"control_r{rounds}"] = merge(later, {"pseudo": {"control": True}})
     for name, arm in arms.items():
-        proj.set_params(merge(base, arm))
+        # written whole: merging into the last arm's params kept its mappings (pseudo.noise: a
+        # noisy arm's noise stayed on in the control run after it)
+        (proj.path / "params.yaml").write_text(yaml.safe_dump(merge(base, arm)))
         proj.run(["dvc", "repro", "ensemble_final"])
         if name == "student":
             out["teacher"] = fold_scores(proj.path, "preds", metric)
