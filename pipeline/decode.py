@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import UnidentifiedImageError
 
+from pipeline.files import PipelineError
 from pipeline.index import load_image, resize
 from pipeline.progress import progress
 
@@ -37,3 +38,10 @@ def decode_all(
         if size:
             stack.append(resize(img, size, mode))
     return (np.stack(stack) if size and not bad else None), bad, h.hexdigest()
+
+
+def unreadable(bad: list[str], what: str = "") -> PipelineError:
+    """The error naming the first 20 unreadable files (and how many more), `what` before it."""
+    listed = "\n  ".join(bad[:20])
+    more = f"\n  … and {len(bad) - 20} more" if len(bad) > 20 else ""
+    return PipelineError(f"{what}{len(bad)} unreadable image(s):\n  {listed}{more}")

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import kaggle
-from pipeline.decode import decode_all
+from pipeline.decode import decode_all, unreadable
 from pipeline.files import JUNK, PipelineError, atomic_dir, walk, write_csv, write_json
 from pipeline.index import EXTRA
 from pipeline.params import Prepare, load_params
@@ -79,11 +79,7 @@ def run(extra: str | None, cfg: Prepare, out: Path = EXTRA) -> dict:
                 decode, cfg.cache_size, cfg.resize, stage="extra"
             )
             if bad:
-                listed = "\n  ".join(bad[:20])
-                more = f"\n  … and {len(bad) - 20} more" if len(bad) > 20 else ""
-                raise PipelineError(
-                    f"pseudo.extra: {len(bad)} unreadable image(s):\n  {listed}{more}"
-                )
+                raise unreadable(bad, "pseudo.extra: ")
             if stack is not None:
                 np.save(tmp / "test_images.npy", stack)
             meta["n_test"] = len(frame)

@@ -29,7 +29,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline import layouts, metrics
-from pipeline.decode import decode_all
+from pipeline.decode import decode_all, unreadable
 from pipeline.files import PipelineError, atomic_dir, write_csv, write_json
 from pipeline.index import PREPARED, label_counts, tag_set
 from pipeline.params import Competition, Prepare, load_params
@@ -154,14 +154,12 @@ def cache_images(layout: layouts.Layout, decode: list[str], cfg: Prepare, tmp: P
     bad, hashes = [], {}
     n_train = len(layout.train)
     for split, paths in (("train", decode[:n_train]), ("test", decode[n_train:])):
-        stack, unreadable, hashes[split] = decode_all(paths, cfg.cache_size, cfg.resize)
-        bad += unreadable
+        stack, broken, hashes[split] = decode_all(paths, cfg.cache_size, cfg.resize)
+        bad += broken
         if stack is not None:
             np.save(tmp / f"{split}_images.npy", stack)
     if bad:
-        listed = "\n  ".join(bad[:20])
-        more = f"\n  … and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise PipelineError(f"{len(bad)} unreadable image(s):\n  {listed}{more}")
+        raise unreadable(bad)
     return hashes
 
 
