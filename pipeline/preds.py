@@ -8,9 +8,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.files import PipelineError
+from pipeline.files import PipelineError, write_csv
 
 EPS = 1e-7
+
+
+def write_preds(folder: Path, name: str, ids, probs: np.ndarray, classes: list[str]) -> None:
+    """`name`'s predictions in `folder`: one row per id, one probability column per class."""
+    frame = pd.DataFrame(probs, columns=classes)
+    frame.insert(0, "id", np.asarray(ids))
+    write_csv(folder / f"{name}.csv", frame)
 
 
 def read_preds(path: Path, classes: list[str]) -> pd.DataFrame:
