@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.index import encode_labels  # noqa: E402
 from pipeline.metrics import METRICS, value  # noqa: E402
+from pipeline.preds import read_preds  # noqa: E402
 from tests.conftest import Project, merge  # noqa: E402
 
 OVERRIDES = {  # per competition: what its size needs (see the README's benchmark table)
@@ -98,10 +99,9 @@ def fold_scores(proj: Path, folder: str, metric: str) -> np.ndarray:
     models = yaml.safe_load((proj / "params.yaml").read_text())["train"]["backbones"]
     out = []
     for k in sorted(folds["fold"].unique()):
-        parts = [pd.read_csv(proj / folder / m / f"fold{k}/oof.csv", dtype={"id": str})
-                 for m in models]  # fmt: skip
-        probs = sum(p[meta["classes"]].to_numpy() for p in parts) / len(parts)
-        labels = parts[0][["id"]].merge(folds[["id", "label"]], on="id", how="left")["label"]
+        parts = [read_preds(proj / folder / m / f"fold{k}", "oof", meta["classes"]) for m in models]
+        probs = sum(p.loc[parts[0].index].to_numpy() for p in parts) / len(parts)
+        labels = folds.set_index("id").loc[parts[0].index, "label"]
         targets = encode_labels(labels, meta["classes"], meta["task"])
         out.append(value(metric, probs, targets))
     return np.array(out)

@@ -21,11 +21,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.preds import read_probs  # noqa: E402
 from tests.conftest import Project, merge  # noqa: E402
 
 ROUND_OFF = {"pseudo": {"enabled": False}}
@@ -59,7 +59,7 @@ def tta_table(proj: Path, model: str, folds: list[int]) -> dict[str, float]:
         outs = {key.split("/")[1]: npz[key] for key in npz.files if key.startswith("oof/")}
         info = json.loads((fold / "tta.json").read_text())
         betas.append(info["beta"])
-        rows = pd.read_csv(fold / "oof.csv", dtype={"id": str})["id"]
+        rows = read_probs(fold, "oof", index.classes)[0]
         labels = index.train.set_index("id").loc[rows, "label"]
         y = encode_labels(labels, index.classes, "single_label")
         for name, beta in (("1", 1.0), ("0", 0.0), ("0.5", 0.5), ("auto", info["beta"])):

@@ -48,6 +48,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))  # tests.conftest 
 
 from benchmarks import competitions, weights  # noqa: E402
 from pipeline.metrics import value  # noqa: E402
+from pipeline.preds import read_preds  # noqa: E402
 from tests.conftest import Project, merge  # noqa: E402
 
 MODEL = "efficientnet_lite0"
@@ -127,7 +128,7 @@ def scores(oof: pd.DataFrame, classes: list[str]) -> dict:
 def pipeline_oof(proj: Path, classes: list[str]) -> pd.DataFrame:
     folds = pd.read_csv(proj / "folds/folds.csv", dtype={"id": str, "label": str})
     parts = [
-        pd.read_csv(proj / "preds" / MODEL / f"fold{k}/oof.csv", dtype={"id": str}).assign(fold=k)
+        read_preds(proj / "preds" / MODEL / f"fold{k}", "oof", classes).reset_index().assign(fold=k)
         for k in sorted(folds["fold"].unique())
     ]
     return pd.concat(parts).merge(folds[["id", "label"]], on="id")

@@ -26,7 +26,7 @@ import yaml
 from pipeline.files import PipelineError, read_json, write_csv, write_json
 from pipeline.index import Index, read_index
 from pipeline.params import Params, parse_params
-from pipeline.preds import blend, read_preds
+from pipeline.preds import mean_preds, write_preds
 
 BUNDLE = "bundle.json"
 
@@ -48,7 +48,7 @@ def check_classes(index: Index, spec: dict) -> None:
 
 
 def fold_test(bundle: Path, entry: dict, index: Index, p: Params, out: Path) -> None:
-    """One fold model's test predictions, as its predict stage blends them, into out/test.csv."""
+    """One fold model's test predictions, as its predict stage blends them, into out/."""
     from safetensors.torch import load_file
 
     from pipeline.inference import load_model, predict_split
@@ -59,10 +59,8 @@ def fold_test(bundle: Path, entry: dict, index: Index, p: Params, out: Path) -> 
         net.load_state_dict(load_file(str(bundle / entry["weights"])))
     info = {**info, "augment": _augment(info)}
     outs = predict_split(net, index, "test", np.arange(len(index.test)), p.tta, info, device)
-    frame = pd.DataFrame(blend_tta(outs, entry["beta"], p.tta.combine, info["task"]),
-                         columns=info["classes"])  # fmt: skip
-    frame.insert(0, "id", index.test["id"].to_numpy())
-    write_csv(out / "test.csv", frame)
+    probs = blend_tta(outs, entry["beta"], p.tta.combine, info["task"])
+    write_preds(out, "test", index.test["id"], probs, info["classes"])
 
 
 def _augment(info: dict):
@@ -73,15 +71,15 @@ def _augment(info: dict):
 
 def member_test(bundle: Path, member: dict, index: Index, p: Params, work: Path) -> pd.DataFrame:
     """A member's test predictions: the mean over its folds (of the mean over its snapshots)."""
-    per_fold = []
+    ids, total = pd.Index(index.test["id"], name="id"), 0
     for k, entries in member["folds"].items():
         dirs = []
         for i, entry in enumerate(entries):
             folder = work / "preds" / member["label"].replace(" ", "_") / f"fold{k}" / str(i)
             fold_test(bundle, entry, index, p, folder)
-            dirs.append(folder)
-        per_fold.append(blend([read_preds(d / "test.csv", index.classes) for d in dirs]))
-    return blend(per_fold).loc[index.test["id"]]
+            dirs.append((folder, "test"))
+        total = total + mean_preds(dirs, index.classes, ids)[1]
+    return pd.DataFrame(total / len(member["folds"]), index=ids, columns=index.classes)
 
 
 def run(bundle: Path, competition: Path, work: Path, out: Path) -> pd.DataFrame:
@@ -102,7 +100,7 @@ def run(bundle: Path, competition: Path, work: Path, out: Path) -> pd.DataFrame:
                         index=members[0].index, columns=index.classes)  # fmt: skip
     final = work / "final"
     final.mkdir(exist_ok=True)
-    write_csv(final / "test.csv", test.rename_axis("id").reset_index())
+    write_preds(final, "test", test.index, test.to_numpy(), index.classes)
     write_json(final / "thresholds.json", spec["decision"])
     sub = submit.shaped(index, spec["metric"], final, out)
     write_csv(out, sub)

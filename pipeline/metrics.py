@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -239,6 +240,24 @@ def _plain_integers(classes: list[str]) -> bool:
     return all(re.fullmatch(r"-?\d+", c) and c == str(int(c)) for c in classes)
 
 
+def read_sample(path) -> pd.DataFrame:
+    """sample_submission.csv's id column and second column (as text where it is text), its
+    every column name in `attrs["columns"]`: a probabilities sample of 1,000 columns is read
+    for its header and ids only."""
+    if not Path(path).exists():
+        raise PipelineError(f"{path}: missing; run `dvc repro prepare` first")
+    columns = pd.read_csv(path, nrows=0).columns.tolist()
+    sample = pd.read_csv(path, dtype={columns[0]: str}, keep_default_na=False,
+                         usecols=range(min(2, len(columns))))  # fmt: skip
+    sample.attrs["columns"] = columns
+    return sample
+
+
+def columns_of(sample: pd.DataFrame) -> list[str]:
+    """Every column of sample_submission.csv, also when `read_sample` kept two of them."""
+    return sample.attrs.get("columns", sample.columns.tolist())
+
+
 def shape_submission(
     ids: list[str],
     probs: np.ndarray,
@@ -266,7 +285,7 @@ def shape_submission(
             f"sample_submission.csv: {len(missing)} ids have no prediction, "
             f"e.g. {sorted(missing)[:3]}"
         )
-    ordered = by_id.loc[want]
+    ordered, columns = by_id.loc[want], columns_of(sample)
     out = pd.DataFrame({id_col: sample[id_col].to_numpy()})
     if kind == "label":
         col = sample.columns[1]
@@ -275,11 +294,10 @@ def shape_submission(
         as_int = _is_integer(sample[col]) and _plain_integers(classes)
         out[col] = names.astype(int) if as_int else names
     elif kind == "probs":
-        unknown = [c for c in sample.columns[1:] if c not in classes]
+        unknown = [c for c in columns[1:] if c not in classes]
         if unknown:
             raise PipelineError(f"sample_submission.csv: columns {unknown} are not classes")
-        for col in sample.columns[1:]:
-            out[col] = ordered[col].to_numpy()
+        out = pd.concat([out, ordered[columns[1:]].reset_index(drop=True)], axis=1)
     elif kind == "binary":
         if positive_class not in classes:
             raise PipelineError(f"positive class '{positive_class}' is not one of {classes}")
@@ -298,10 +316,10 @@ def validate_submission(
     sub: pd.DataFrame, sample: pd.DataFrame, classes: list[str], kind: str, source: str
 ) -> None:
     """Raise PipelineError naming `source`, the column and rows unless `sub` is uploadable."""
-    if list(sub.columns) != list(sample.columns):
+    if list(sub.columns) != columns_of(sample):
         raise PipelineError(
-            f"{source}: columns {list(sub.columns)} differ from sample_submission's "
-            f"{list(sample.columns)}"
+            f"{source}: columns {list(sub.columns)[:12]} differ from sample_submission's "
+            f"{columns_of(sample)[:12]}"
         )
     id_col = sample.columns[0]
     ids, want = sub[id_col].astype(str), sample[id_col].astype(str)
@@ -317,7 +335,7 @@ def validate_submission(
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} unknown (e.g. {extra[:3]})"
         )
     for col in sub.columns[1:]:
-        bad = sub[col].isna() | (sub[col].astype(str).str.strip() == "")
+        bad = empty(sub[col])
         if bad.any():
             raise PipelineError(
                 f"{source}: column '{col}' is empty at row {int(np.argmax(bad)) + 2}"
@@ -345,6 +363,13 @@ def validate_submission(
         _check_tags(sub, classes, source)
     else:
         raise PipelineError(f"submission kind '{kind}' is not supported")
+
+
+def empty(column: pd.Series) -> pd.Series:
+    """Missing or blank cells (text is looked at only in a column that holds text)."""
+    if pd.api.types.is_numeric_dtype(column):
+        return column.isna()
+    return column.isna() | (column.astype(str).str.strip() == "")
 
 
 def _check_tags(sub: pd.DataFrame, classes: list[str], source: str) -> None:

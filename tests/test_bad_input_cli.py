@@ -29,6 +29,7 @@ import yaml
 from pipeline import __main__ as cli
 from pipeline import warm
 from pipeline.index import read_index
+from pipeline.preds import write_preds
 from tests.conftest import CLASSES, ROOT, tiny_params
 
 HELP = [(s,) for s in (*cli.STAGES, "summary")] + [("train", "--student"), ("predict", "--student")]
@@ -189,7 +190,7 @@ def test_a_real_bug_keeps_the_unexpected_wording(project, monkeypatch, capsys):
 
 
 def teacher_preds(root: Path, seed: int = 0) -> None:
-    """preds/resnet10t/fold{0,1}/{oof,test}.csv as predict writes them: mostly right, no torch."""
+    """preds/resnet10t/fold{0,1}/ oof and test as predict writes them: mostly right, no torch."""
     rng = np.random.default_rng(seed)
     index, folds = read_index(root / "data/prepared"), pd.read_csv(root / "folds/folds.csv")
     for k in (0, 1):
@@ -199,11 +200,8 @@ def teacher_preds(root: Path, seed: int = 0) -> None:
             probs = rng.dirichlet(np.ones(3), len(ids))
             if labels is not None:
                 probs[np.arange(len(ids)), [CLASSES.index(c) for c in labels]] += 2
-            frame = pd.DataFrame(probs / probs.sum(1, keepdims=True), columns=CLASSES)
-            frame.insert(0, "id", ids.to_numpy())
             folder = root / "preds/resnet10t" / f"fold{k}"
-            folder.mkdir(parents=True, exist_ok=True)
-            frame.to_csv(folder / f"{name}.csv", index=False)
+            write_preds(folder, name, ids, probs / probs.sum(1, keepdims=True), CLASSES)
 
 
 @pytest.fixture
@@ -250,9 +248,7 @@ def multi_label(root: Path, thresholds: dict) -> None:
     index = read_index(root / "data/prepared")
     probs = np.random.default_rng(0).random((len(index.test), 3))
     (root / "final").mkdir()
-    pd.DataFrame(probs, columns=CLASSES).assign(id=index.test["id"])[["id", *CLASSES]].to_csv(
-        root / "final/test.csv", index=False
-    )
+    write_preds(root / "final", "test", index.test["id"], probs, CLASSES)
     (root / "final/thresholds.json").write_text(json.dumps({"thresholds": thresholds}))
 
 

@@ -20,6 +20,7 @@ from pipeline.files import PipelineError
 from pipeline.index import read_index
 from pipeline.metrics import shape_submission, validate_submission
 from pipeline.params import Prepare
+from pipeline.preds import read_preds, write_preds
 from pipeline.stages import prepare, upload
 from tests.conftest import write_csv_competition
 from tests.layout_fixtures import competition
@@ -56,13 +57,11 @@ def relabel(classes: list[str], sample_value: str, sep: str = ",") -> Callable[[
 
 
 def write_blend(root: Path, classes: list[str], ids: list[str]) -> None:
-    """final/test.csv (id + a probability column per class) and final/thresholds.json."""
+    """final/test (a probability per class, pipeline/preds.py) and final/thresholds.json."""
     probs = np.full((len(ids), len(classes)), 0.3 / (len(classes) - 1))
     probs[np.arange(len(ids)), [expected_class(i, len(classes)) for i in ids]] = 0.7
     (root / "final").mkdir(exist_ok=True)
-    pd.DataFrame(probs, columns=classes).assign(id=ids)[["id", *classes]].to_csv(
-        root / "final" / "test.csv", index=False
-    )
+    write_preds(root / "final", "test", ids, probs, classes)
     (root / "final" / "thresholds.json").write_text(json.dumps({"thresholds": None}))
 
 
@@ -204,7 +203,7 @@ def probs_submitted(root: Path) -> None:
     assert all(Path(p).name.startswith("Test_") for p in index.test["path"])
     sub = submitted(root)
     assert list(sub.columns) == ["image_id", *PLANT]
-    blend = pd.read_csv(root / "final/test.csv", dtype={"id": str}).set_index("id")
+    blend = read_preds(root / "final", "test", PLANT)
     np.testing.assert_allclose(sub[PLANT].astype(float), blend.loc[sub["image_id"], PLANT])
 
 

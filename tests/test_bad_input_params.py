@@ -17,6 +17,7 @@ from accelerate import Accelerator
 
 from pipeline import kernel
 from pipeline.params import parse_params
+from pipeline.preds import has_preds
 from pipeline.roles import STUDENT
 from pipeline.stages import ensemble, predict, train
 from tests import test_bad_input as matrix
@@ -122,7 +123,7 @@ def test_a_scratch_student_of_another_backbone_lives_in_its_teachers_folder(work
     predict.run(p, "resnet10t", 1, STUDENT)
     folder = workdir / "students/models/resnet10t/fold1"
     assert json.loads((folder / "model.json").read_text())["name"] == "test_resnet"
-    assert (workdir / "students/preds/resnet10t/fold1/test.csv").exists()
+    assert has_preds(workdir / "students/preds/resnet10t/fold1", "test")
     members = ensemble.final_members(p)
     assert members == {"student test_resnet of resnet10t": STUDENT.preds / "resnet10t"}
     with pytest.raises(Exception, match=r"--model test_resnet --student: a student is named by"):
@@ -135,7 +136,7 @@ def test_a_scratch_student_of_another_backbone_lives_in_its_teachers_folder(work
 @pytest.mark.parametrize("views", [["hflip"], []])
 def test_kernel_predicts_what_predict_wrote(workdir, views):
     """Both load the model through inference.load_model (channels_last) and run the same TTA;
-    on the same CPU the float operations are the same, so the CSVs are equal byte for byte
+    on the same CPU the float operations are the same, so the files are equal byte for byte
     (without views predict takes the train stage's plain predictions, also channels_last)."""
     p = parse_params(tiny_params({"tta": {"views": views}}))
     train.run(p, "resnet10t", 0)
@@ -144,7 +145,8 @@ def test_kernel_predicts_what_predict_wrote(workdir, views):
     beta = json.loads((preds / "tta.json").read_text())["beta"]
     entry = {"dir": "models/resnet10t/fold0", "beta": beta}
     kernel.fold_test(workdir, entry, train.read_index(), p, workdir / "kernel_out")
-    assert (workdir / "kernel_out/test.csv").read_text() == (preds / "test.csv").read_text()
+    for name in ("test.npy", "test.json"):
+        assert (workdir / "kernel_out" / name).read_bytes() == (preds / name).read_bytes()
 
 
 # --- item 16: the step-count warning and batch_size: auto count steps one way ----------------

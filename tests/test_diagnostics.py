@@ -12,6 +12,7 @@ from PIL import Image
 
 from pipeline import curves
 from pipeline.params import parse_params
+from pipeline.preds import write_preds
 from pipeline.stages import train
 from tests.conftest import tiny_params
 
@@ -116,9 +117,7 @@ def test_diagnose_writes_readable_grids_of_the_expected_size(workdir):
     train.run(p, "resnet10t", 0)
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(3), len(index))
-    oof = pd.DataFrame(probs, columns=["cat", "dog", "fox"]).assign(id=index["id"])
-    (workdir / "final").mkdir()
-    oof.to_csv(workdir / "final/oof.csv", index=False)
+    write_preds(workdir / "final", "oof", index["id"], probs, ["cat", "dog", "fox"])
     (workdir / "final/thresholds.json").write_text('{"metric": "accuracy", "thresholds": null}')
 
     report = diagnose.run(p)

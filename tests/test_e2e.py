@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 
+from pipeline.preds import read_preds
 from tests.code_competition import check_code_competition
 from tests.test_plots import check_plots_page
 
@@ -154,10 +155,10 @@ def test_two_rounds_each_labelled_by_the_last_rounds_students_of_the_same_fold(p
         assert source["round"] == 2 and source["labeller"] == "student"
         assert source["teacher_weights"] == {"resnet10t": sha256(weights)}
         labels = pd.read_csv(r2 / f"pseudo/fold{k}/labels.csv", dtype={"id": str}).set_index("id")
-        preds = pd.read_csv(r1 / f"preds/resnet10t/fold{k}/test.csv", dtype={"id": str})
-        preds = preds.set_index("id").loc[labels.index, labels.columns[2:]]
+        classes = list(labels.columns[2:])
+        preds = read_preds(r1 / f"preds/resnet10t/fold{k}", "test", classes).loc[labels.index]
         assert len(labels) == 12  # threshold 0, no cap: every test image, round 1's targets
-        pd.testing.assert_frame_equal(labels[labels.columns[2:]], preds, atol=1e-6)
+        pd.testing.assert_frame_equal(labels[classes], preds, atol=1e-6, check_dtype=False)
         info = json.loads((r2 / f"models/resnet10t/fold{k}/model.json").read_text())
         assert info["role"] == "student2" and info["init"] == str(weights.relative_to(project.path))
     final = json.loads((project.path / "metrics/final.json").read_text())

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.preds import read_preds
 from tests import layout_fixtures as lf
 from tests.conftest import TINY_PARAMS, Project, merge
 
@@ -56,7 +57,7 @@ def test_label_in_file_name_dogs_vs_cats(tmp_path):
     assert (meta["layout"], meta["submission_kind"]) == ("filename_labels", "binary")
     assert meta["positive_class"] == "dog"
     # the written label is P(dog), the final blend's dog column
-    blend = pd.read_csv(proj.path / "final/test.csv").set_index("id")
+    blend = read_preds(proj.path / "final", "test", ["cat", "dog"])
     np.testing.assert_allclose(sub["label"], blend.loc[sub["id"], "dog"], atol=1e-6)
 
 

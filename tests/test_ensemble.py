@@ -21,13 +21,8 @@ def targets_and_folds(index):
 
 
 def member(index, probs: np.ndarray, fold: np.ndarray) -> Member:
-    oof = pd.DataFrame(probs, index=index.train["id"].to_numpy(), columns=index.classes)
-    test = pd.DataFrame(
-        np.full((len(index.test), len(index.classes)), 1 / len(index.classes)),
-        index=index.test["id"].to_numpy(),
-        columns=index.classes,
-    )
-    return Member(oof, test, fold)
+    test = np.full((len(index.test), len(index.classes)), 1 / len(index.classes), np.float32)
+    return Member(probs.astype(np.float32), test, fold)
 
 
 def good_or_noise(y: np.ndarray, good_rows: np.ndarray, seed: int) -> np.ndarray:
@@ -62,7 +57,7 @@ def test_fitted_weights_for_a_fold_never_see_its_rows(workdir):
     assert honest.report["log_loss"] > equal  # fitted on the other fold: the wrong member here
     assert min(alone) > equal  # averaging two half-good members helps
     assert sum(honest.weights) == pytest.approx(1.0)  # the test set's: fitted on all rows
-    oracle = np.where((fold == 0)[:, None], a.oof.to_numpy(), b.oof.to_numpy())
+    oracle = np.where((fold == 0)[:, None], a.oof, b.oof)
     assert metrics.value("log_loss", oracle, y) < honest.report["log_loss"]
 
 
@@ -72,7 +67,7 @@ def test_equal_weights_are_the_plain_mean(workdir):
     a = member(index, good_or_noise(y, fold == 0, 1), fold)
     b = member(index, good_or_noise(y, fold == 1, 2), fold)
     out = evaluate(index, "accuracy", {"a": a, "b": b}, "equal")
-    np.testing.assert_allclose(out.oof.to_numpy(), (a.oof.to_numpy() + b.oof.to_numpy()) / 2)
+    np.testing.assert_allclose(out.oof, (a.oof + b.oof) / 2, rtol=1e-6)
     assert out.weights == [0.5, 0.5]
 
 

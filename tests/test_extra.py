@@ -17,6 +17,7 @@ from pipeline import roles
 from pipeline.files import PipelineError
 from pipeline.index import read_folds, read_index, read_pool
 from pipeline.params import parse_params
+from pipeline.preds import has_preds, read_preds, write_preds
 from pipeline.stages import extra, predict, pseudolabel, train
 from tests.conftest import CLASSES, class_image, tiny_params
 from tests.test_pseudo import fake_teacher, pseudo_params, teach
@@ -78,9 +79,7 @@ def test_a_broken_image_is_named_and_nothing_is_written(workdir):
 
 
 def fake_pool_preds(root, fold: int, ids: list[str], probs: np.ndarray) -> None:
-    frame = pd.DataFrame(probs, columns=CLASSES)
-    frame.insert(0, "id", ids)
-    frame.to_csv(root / "preds" / "m" / f"fold{fold}" / "extra.csv", index=False)
+    write_preds(root / "preds" / "m" / f"fold{fold}", "extra", ids, probs, CLASSES)
 
 
 def test_extra_images_are_kept_by_the_same_threshold_as_the_test_set(workdir, capsys):
@@ -125,9 +124,9 @@ def test_students_train_on_extra_images_and_never_validate_on_them(workdir):
     extra.run(str(pool), prepare_cfg())
     p = teach(workdir, {"pseudo": {"threshold": 0.0, "class_cap": False, "extra": str(pool)}})
     pool_ids = read_pool(str(pool)).test["id"]
-    preds = pd.read_csv(workdir / "preds/resnet10t/fold0/extra.csv")
-    assert preds["id"].tolist() == pool_ids.tolist()
-    np.testing.assert_allclose(preds[CLASSES].sum(axis=1), 1, atol=1e-5)
+    preds = read_preds(workdir / "preds/resnet10t/fold0", "extra", CLASSES)
+    assert preds.index.tolist() == pool_ids.tolist()
+    np.testing.assert_allclose(preds.sum(axis=1), 1, atol=1e-5)
     spec = train.student_spec(p, "resnet10t", 0)
     assert len(spec.pseudo) == 13 and spec.pseudo["id"].isin(pool_ids).sum() == 5
     images, order = train.pseudo_images(read_index(), spec.pseudo["id"], None, 16)
@@ -138,10 +137,10 @@ def test_students_train_on_extra_images_and_never_validate_on_them(workdir):
     info = json.loads((workdir / "students/models/resnet10t/fold0/model.json").read_text())
     assert info["pseudolabeled"] == 13
     predict.run(p, "resnet10t", 0, roles.student(1))
-    oof = pd.read_csv(workdir / "students/preds/resnet10t/fold0/oof.csv")
+    oof = read_preds(workdir / "students/preds/resnet10t/fold0", "oof", CLASSES)
     folds = read_folds()
-    assert set(oof["id"]) == set(folds.loc[folds["fold"] == 0, "id"])  # labeled rows only
-    assert "extra.csv" in {f.name for f in (workdir / "students/preds/resnet10t/fold0").iterdir()}
+    assert set(oof.index) == set(folds.loc[folds["fold"] == 0, "id"])  # labeled rows only
+    assert has_preds(workdir / "students/preds/resnet10t/fold0", "extra")
     shutil.rmtree(workdir / "data/extra")  # a student whose pool is gone says which stage to run
     with pytest.raises(PipelineError, match=r"data/extra/test.csv: missing; run `dvc repro extra`"):
         train.student_spec(p, "resnet10t", 0)

@@ -25,6 +25,7 @@ from pipeline import metrics
 from pipeline.data import BatchMix, batch_mix, epoch_strength, mix_targets
 from pipeline.loop import Criterion, Ema
 from pipeline.params import parse_params
+from pipeline.preds import read_preds
 from pipeline.stages import report, train
 from tests.conftest import tiny_params, write_prepared
 from tests.test_reliability import interrupted_after_first_epoch
@@ -176,10 +177,10 @@ def test_the_kept_weights_are_the_emas_when_it_scores_better(workdir):
     assert info["best_valid_metric"] == pytest.approx(best) == avg[epoch - 1]
     assert info["raw_valid_metric"] == pytest.approx(raw[epoch - 1]) != pytest.approx(best)
     assert summary["ema_valid_log_loss"] == pytest.approx(best)
-    oof = pd.read_csv(out / "plain/oof.csv")
-    labels = pd.read_csv("data/prepared/train.csv").set_index("id").loc[oof["id"], "label"]
+    oof = read_preds(out / "plain", "oof", info["classes"])
+    labels = pd.read_csv("data/prepared/train.csv").set_index("id").loc[oof.index, "label"]
     targets = np.array([info["classes"].index(c) for c in labels])
-    probs = oof[info["classes"]].to_numpy()
+    probs = oof.to_numpy()
     assert metrics.value("log_loss", probs, targets) == pytest.approx(best, abs=1e-4)
     curves = report.run_curves("teacher", "resnet10t", 0, live)  # the plots page's data
     assert curves["ema_valid_metric"].tolist() == pytest.approx(avg.tolist())

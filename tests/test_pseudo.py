@@ -22,6 +22,7 @@ from pipeline.files import PipelineError
 from pipeline.index import fold_rows, read_folds, read_index
 from pipeline.loop import Criterion
 from pipeline.params import Pseudo, parse_params
+from pipeline.preds import read_preds, write_preds
 from pipeline.stages import diagnose, ensemble, export, predict, pseudolabel, submit, train
 from tests.conftest import CLASSES, ROOT, tiny_params
 
@@ -232,7 +233,7 @@ def test_class_weights_with_soft_targets_and_item_weights():
 
 
 def fake_teacher(root, name: str, fold: int, probs: np.ndarray, seed: int = 0) -> None:
-    """preds/<name>/fold<k>/{oof,test}.csv and a weights file, as train + predict write them."""
+    """preds/<name>/fold<k>/ oof and test and a weights file, as train + predict write them."""
     index, folds = read_index(), read_folds()
     _, valid = fold_rows(index, folds, fold)
     rng = np.random.default_rng(seed + fold)
@@ -242,9 +243,7 @@ def fake_teacher(root, name: str, fold: int, probs: np.ndarray, seed: int = 0) -
         ("oof", index.train["id"].iloc[valid], rng.dirichlet(np.ones(3), len(valid))),
         ("test", index.test["id"], probs),
     ):
-        frame = pd.DataFrame(p, columns=CLASSES)
-        frame.insert(0, "id", ids.to_numpy())
-        frame.to_csv(out / f"{split}.csv", index=False)
+        write_preds(out, split, ids, p, CLASSES)
     weights = root / "models" / name / f"fold{fold}" / "model.safetensors"
     weights.parent.mkdir(parents=True, exist_ok=True)
     weights.write_bytes(f"teacher {name} {fold} {seed}".encode())
@@ -282,7 +281,7 @@ def test_ensemble_source_says_it_leaks(workdir, capsys):
     pseudolabel.run(pseudo_params(source="ensemble", threshold=0.0), ["m"], [0, 1], "accuracy")
     out = capsys.readouterr().out
     assert "leaks validation labels" in out and "optimistic" in out
-    blend = pd.read_csv(workdir / "ensemble/test.csv").set_index("id")
+    blend = read_preds(workdir / "ensemble", "test", CLASSES)
     labels = pd.read_csv(workdir / "pseudo/fold0/labels.csv").set_index("id")
     np.testing.assert_allclose(labels[CLASSES], blend.loc[labels.index, CLASSES], atol=1e-6)
 
@@ -432,15 +431,16 @@ def test_without_pseudolabels_the_teachers_make_the_submission(workdir, capsys):
     assert final["submitted"] == "teacher resnet10t" and "student_cv" not in final
     submit.run("accuracy")
     pd.testing.assert_frame_equal(
-        pd.read_csv(workdir / "final/test.csv"), pd.read_csv(workdir / "ensemble/test.csv")
+        read_preds(workdir / "final", "test", CLASSES),
+        read_preds(workdir / "ensemble", "test", CLASSES),
     )
 
 
 def test_test_predictions_missing_ids_stop_with_the_teacher_named(workdir):
     for k in (0, 1):
         fake_teacher(workdir, "m", k, confident(8, k))
-    path = workdir / "preds/m/fold1/test.csv"
-    pd.read_csv(path).iloc[:-1].to_csv(path, index=False)
+    teacher = read_preds(workdir / "preds/m/fold1", "test", CLASSES).iloc[:-1]
+    write_preds(workdir / "preds/m/fold1", "test", teacher.index, teacher.to_numpy(), CLASSES)
     with pytest.raises(PipelineError, match=r"from m fold 1 lack 1 test ids"):
         pseudolabel.run(pseudo_params(), ["m"], [0, 1], "accuracy")
     assert not (workdir / "pseudo").exists()  # nothing half-written
@@ -459,14 +459,11 @@ def test_multi_label_fold_k_tags_use_no_fold_k_label(workdir):
         " ".join(t) for t in [["cat"], ["dog"], ["fox"], ["cat", "dog"], ["cat", "fox"],
                               ["dog", "fox"], ["cat", "dog", "fox"]]
     }  # fmt: skip
-    oof = workdir / "preds/m/fold0/oof.csv"  # fold 0's teacher on fold 0's validation rows
-    frame = pd.read_csv(oof)
-    frame[CLASSES] = 1 - frame[CLASSES]
-    frame.to_csv(oof, index=False)
-    fake_teacher_test = workdir / "preds/m/fold1/test.csv"  # fold 1's labels for its student
-    frame = pd.read_csv(fake_teacher_test)
-    frame[CLASSES] = frame[CLASSES] ** 2
-    frame.to_csv(fake_teacher_test, index=False)
+    fold0, fold1 = workdir / "preds/m/fold0", workdir / "preds/m/fold1"
+    oof = read_preds(fold0, "oof", CLASSES)  # fold 0's teacher on fold 0's validation rows
+    write_preds(fold0, "oof", oof.index, 1 - oof.to_numpy(), CLASSES)
+    test = read_preds(fold1, "test", CLASSES)  # fold 1's labels for its student
+    write_preds(fold1, "test", test.index, test.to_numpy() ** 2, CLASSES)
     pseudolabel.run(ps, ["m"], [0, 1], "f1_micro")
     assert (workdir / "pseudo/fold0/labels.csv").read_text() == before
 
@@ -497,7 +494,7 @@ def test_a_round_that_is_off_writes_its_skip_outputs_without_torch(tmp_path):
 
 
 def fake_preds(folder, fold: int, noise: float, seed: int) -> None:
-    """{oof,test}.csv of one fold model: the true class's probability lowered by `noise`."""
+    """oof and test of one fold model: the true class's probability lowered by `noise`."""
     index, folds = read_index(), read_folds()
     _, valid = fold_rows(index, folds, fold)
     rng = np.random.default_rng(seed)
@@ -508,10 +505,7 @@ def fake_preds(folder, fold: int, noise: float, seed: int) -> None:
         ("oof", index.train["id"].iloc[valid], oof),
         ("test", index.test["id"], test),
     ):
-        frame = pd.DataFrame(p, columns=CLASSES)
-        frame.insert(0, "id", ids.to_numpy())
-        (folder / f"fold{fold}").mkdir(parents=True, exist_ok=True)
-        frame.to_csv(folder / f"fold{fold}" / f"{split}.csv", index=False)
+        write_preds(folder / f"fold{fold}", split, ids, p, CLASSES)
 
 
 @pytest.mark.parametrize("submit_as", ["auto", "students"])
@@ -541,7 +535,8 @@ def test_students_scoring_worse_beyond_noise_are_not_submitted_unless_asked(
         assert member["label"] == "teacher resnet10t"
         assert member["folds"]["1"][0]["dir"] == "models/teacher/resnet10t/fold1"
         pd.testing.assert_frame_equal(
-            pd.read_csv(workdir / "final/test.csv"), pd.read_csv(workdir / "ensemble/test.csv")
+            read_preds(workdir / "final", "test", CLASSES),
+            read_preds(workdir / "ensemble", "test", CLASSES),
         )
     else:
         assert final["submitted"] == "student resnet10t" and final["cv"] == final["student_cv"]

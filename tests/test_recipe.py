@@ -22,6 +22,7 @@ from pipeline import schedules
 from pipeline.data import build_transforms, epoch_strength
 from pipeline.loop import LoopConfig, Phase, fit
 from pipeline.params import Augment, LrFind, load_params, parse_params
+from pipeline.preds import has_preds, read_probs
 from pipeline.stages import folds, predict, prepare, train
 from tests.conftest import ROOT, tiny_params
 
@@ -219,8 +220,9 @@ def test_predict_keeps_every_view_and_random_draws_of_the_training_augmentation(
     views = ["plain", "hflip", "zoom", "random0", "random1"]
     assert sorted(npz.files) == sorted(f"{s}/{v}" for s in ("oof", "test") for v in views)
     assert not np.allclose(npz["oof/random0"], npz["oof/random1"])  # two different draws
-    oof = pd.read_csv(out / "oof.csv").set_index("id").to_numpy()
-    plain = pd.read_csv(out / "oof_plain.csv").set_index("id").to_numpy()
+    classes = json.loads((workdir / "models/resnet10t/fold0/model.json").read_text())["classes"]
+    oof = read_probs(out, "oof", classes)[1]
+    plain = read_probs(out, "oof_plain", classes)[1]
     np.testing.assert_allclose(plain, npz["oof/plain"], atol=1e-6)
     mean_views = np.mean([npz[f"oof/{v}"] for v in views[1:]], 0)
     np.testing.assert_allclose(oof, 0.25 * plain + 0.75 * mean_views, atol=1e-6)
@@ -234,7 +236,7 @@ def test_predict_without_tta_takes_the_train_stages_plain_predictions_without_to
     p = parse_params(tiny_params(over))
     train.run(p, "resnet10t", 0)
     src = workdir / "models/resnet10t/fold0"
-    assert (src / "plain/oof.csv").exists() and (src / "plain/snapshots/cycle1/test.csv").exists()
+    assert has_preds(src / "plain", "oof") and has_preds(src / "plain/snapshots/cycle1", "test")
     (workdir / "params.yaml").write_text(yaml.safe_dump(tiny_params(over)))
     stage = "main(['predict', '--model', 'resnet10t', '--fold', '0'])"
     code = f"import sys; from pipeline.__main__ import main; {stage}; print(sorted(sys.modules))"

@@ -8,6 +8,7 @@ from pipeline.files import PipelineError
 from pipeline.index import read_index
 from pipeline.metrics import shape_submission, validate_submission
 from pipeline.params import Prepare
+from pipeline.preds import read_preds, write_preds
 from pipeline.stages import ensemble, prepare, submit
 from tests import layout_fixtures as lf
 from tests.layout_fixtures import competition
@@ -129,14 +130,12 @@ def test_string_labels_of_a_folder_competition_with_file_name_ids():
 
 
 def fake_predictions(root, classes, train_ids, test_ids, seed=0):
-    """preds/m/fold{0,1}/{oof,test}.csv as predict writes them (softmax rows), no training."""
+    """preds/m/fold{0,1}/ oof and test as predict writes them (softmax rows), no training."""
     rng = np.random.default_rng(seed)
     for k in (0, 1):
         for name, ids in (("oof", train_ids[k::2]), ("test", test_ids)):
-            frame = pd.DataFrame(rng.dirichlet(np.ones(len(classes)), len(ids)), columns=classes)
-            frame.insert(0, "id", ids)
-            (root / "preds" / "m" / f"fold{k}").mkdir(parents=True, exist_ok=True)
-            frame.to_csv(root / "preds" / "m" / f"fold{k}" / f"{name}.csv", index=False)
+            probs = rng.dirichlet(np.ones(len(classes)), len(ids))
+            write_preds(root / "preds" / "m" / f"fold{k}", name, ids, probs, classes)
 
 
 @pytest.mark.parametrize(
@@ -158,7 +157,7 @@ def test_ensemble_and_submit_stages_shape_like_the_sample(tmp_path, monkeypatch,
     sample = pd.read_csv(tmp_path / "data" / "raw" / "sample_submission.csv")
     assert list(sub.columns) == list(sample.columns)
     assert sub.iloc[:, 0].tolist() == sample.iloc[:, 0].tolist()
-    blend = pd.read_csv(tmp_path / "ensemble" / "test.csv").set_index("id").loc[sub["id"]]
+    blend = read_preds(tmp_path / "ensemble", "test", meta["classes"]).loc[sub["id"].astype(str)]
     if kind == "probs":  # every class column, in the sample's order, is the blend's
         np.testing.assert_allclose(sub[lf.BREEDS], blend[lf.BREEDS], atol=1e-9)
     else:  # P(1): the sample's integer 0 column becomes a probability

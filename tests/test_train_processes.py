@@ -18,7 +18,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import tiny_params, write_csv_competition, write_prepared
+from pipeline.preds import read_preds
+from tests.conftest import CLASSES, tiny_params, write_csv_competition, write_prepared
 
 
 def setup(folder: Path, n_train: int, over: dict) -> dict:
@@ -140,7 +141,7 @@ def test_killed_prepare_and_predict_leave_nothing_half_written(tmp_path):
     kill_when(predict, tmp_path, env, lambda: any(preds.glob(".fold0*")))
     assert not (preds / "fold0").exists()
     subprocess.run(predict, cwd=tmp_path, env=env, check=True, capture_output=True)
-    assert len(pd.read_csv(preds / "fold0" / "oof.csv")) == 400
+    assert len(read_preds(preds / "fold0", "oof", CLASSES)) == 400
 
 
 def free_port() -> int:

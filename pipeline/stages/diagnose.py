@@ -8,7 +8,7 @@ Writes diagnose/ (also on the `dvc plots show` page):
   the `grad-cam` package on the timm model's last feature stage (timm's `feature_info`), or the
   last one still at least 4 x 4 at a small input size (resnet at 32 px: layer2);
 - top_losses.png: the `top_losses` training images with the highest out-of-fold loss of what is
-  submitted (final/oof.csv), with true label, prediction, its probability and the loss, as
+  submitted (final/oof.npy), with true label, prediction, its probability and the loss, as
   fastai's `plot_top_losses`;
 - diagnose.json: the model, fold, target layer and the ids shown.
 Images are the originals resized to `diagnose.size` px, not the training cache.
@@ -203,9 +203,9 @@ def loss_per_row(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
 def top_loss_tiles(index: Index, final: Path, n: int, size: int) -> tuple[list, list[str]]:
     """Tiles of the n OOF rows of what is submitted with the highest loss, and their ids."""
     classes, task = index.classes, index.meta["task"]
-    oof = read_preds(final / "oof.csv", classes).reindex(index.train["id"])
+    oof = read_preds(final, "oof", classes).reindex(index.train["id"])
     if oof.isna().any().any():
-        raise PipelineError(f"{final / 'oof.csv'}: does not cover every training id")
+        raise PipelineError(f"{final / 'oof.npy'}: does not cover every training id")
     probs = oof.to_numpy()
     targets = encode_labels(index.train["label"], classes, task)
     losses = loss_per_row(probs, targets)

@@ -12,11 +12,12 @@ fitted on every OOF row. Multi-label: per-class thresholds for fold k's rows are
 other folds' blended rows; the test set's on all of them. The CV is therefore never scored on
 rows that chose its weights or thresholds.
 
-Teachers write ensemble/{oof,test}.csv, ensemble/thresholds.json ({metric, thresholds: {class:
-t} or null}), metrics/cv.json (`dvc metrics show`: the metric, its CV value, every applicable
-metric, the CV of every backbone with and without TTA, of every snapshot set, the blend weights
-and, for multi-label, every metric at threshold 0.5) and metrics/confusion.csv (actual,
-predicted), the OOF confusion matrix of `dvc plots show`.
+Teachers write ensemble/ (oof and test, prediction files: pipeline/preds.py), ensemble/
+thresholds.json ({metric, thresholds: {class: t} or null}), metrics/cv.json (`dvc metrics show`:
+the metric, its CV value, every applicable metric, the CV of every backbone with and without
+TTA, of every snapshot set, the blend weights and, for multi-label, every metric at threshold
+0.5) and metrics/confusion.csv (actual, predicted), the OOF confusion matrix of `dvc plots
+show`.
 
 `--final` blends the students (students/preds/), with `pseudo.blend_teachers` the teachers too,
 or the teachers alone with `pseudo.enabled: false`; it writes final/ (the same three files),
@@ -38,7 +39,7 @@ from pipeline import metrics, roles
 from pipeline.files import PipelineError, atomic_dir, read_json, write_csv, write_json
 from pipeline.index import Index, encode_labels, read_index
 from pipeline.params import Ensemble, Params, load_params
-from pipeline.preds import blend, read_preds
+from pipeline.preds import has_preds, mean_preds, write_preds
 from pipeline.roles import TEACHER, skipped
 
 EQUAL = Ensemble(weights="equal", snapshots=False)
@@ -46,37 +47,44 @@ EQUAL = Ensemble(weights="equal", snapshots=False)
 
 @dataclass(frozen=True)
 class Member:
-    """One blend member's OOF (every training id, index order) and test (mean over folds)."""
+    """One blend member's OOF (every training id, index order) and test (mean over folds, index
+    order) probabilities, float32: one array of each per member, filled a fold at a time."""
 
-    oof: pd.DataFrame
-    test: pd.DataFrame
+    oof: np.ndarray
+    test: np.ndarray
     fold: np.ndarray  # the fold whose model predicted each OOF row
 
 
 @dataclass(frozen=True)
 class Blend:
-    oof: pd.DataFrame
-    test: pd.DataFrame
+    oof: np.ndarray  # index.train's rows
+    test: np.ndarray  # index.test's rows
     report: dict  # every metric of the OOF blend, honest thresholds
     thresholds: np.ndarray  # for the test set (multi-label; 0.5 otherwise)
-    row_thresholds: np.ndarray  # (rows, classes): what each OOF row was decided with
+    row_thresholds: np.ndarray | float  # multi-label (rows, classes): each OOF row's; else 0.5
     weights: list[float]  # per member, fitted on every OOF row (what the test set uses)
 
 
 def read_member(index: Index, fold_dirs: dict[int, list[Path]], suffix: str = "") -> Member:
     """fold k -> the folders averaged into fold k's predictions (one model, or its snapshots)."""
-    oofs, tests, folds = [], [], []
+    train_ids, test_ids = pd.Index(index.train["id"]), pd.Index(index.test["id"])
+    oof = np.zeros((len(train_ids), len(index.classes)), np.float32)
+    test, fold = np.zeros((len(test_ids), len(index.classes)), np.float32), np.full(len(oof), -1)
     for k, dirs in fold_dirs.items():
-        oof = blend([read_preds(d / f"oof{suffix}.csv", index.classes) for d in dirs])
-        oofs.append(oof)
-        folds.append(pd.Series(k, index=oof.index))
-        tests.append(blend([read_preds(d / f"test{suffix}.csv", index.classes) for d in dirs]))
-    oof, fold = pd.concat(oofs), pd.concat(folds)
-    if oof.index.duplicated().any() or set(oof.index) != set(index.train["id"]):
-        where = sorted({str(d.parent) for ds in fold_dirs.values() for d in ds})[0]
-        raise PipelineError(f"{where}: OOF predictions do not cover each training id once")
-    ids = index.train["id"]
-    return Member(oof.loc[ids], blend(tests).loc[index.test["id"]], fold.loc[ids].to_numpy())
+        ids, probs = mean_preds([(d, f"oof{suffix}") for d in dirs], index.classes)
+        rows = train_ids.get_indexer(ids)
+        if (rows < 0).any() or (fold[rows] >= 0).any() or len(np.unique(rows)) < len(rows):
+            raise not_covered(fold_dirs)
+        oof[rows], fold[rows] = probs, k
+        test += mean_preds([(d, f"test{suffix}") for d in dirs], index.classes, test_ids)[1]
+    if (fold < 0).any():
+        raise not_covered(fold_dirs)
+    return Member(oof, test / len(fold_dirs), fold)
+
+
+def not_covered(fold_dirs: dict[int, list[Path]]) -> PipelineError:
+    where = next(iter(fold_dirs.values()))[0].parent
+    return PipelineError(f"{where}: OOF predictions do not cover each training id once")
 
 
 def snapshot_dirs(folder: Path, folds: list[int]) -> dict[int, list[Path]] | None:
@@ -89,7 +97,7 @@ def variants(index: Index, label: str, folder: Path, folds: list[int]) -> dict[s
     """A model's members as reported: with TTA, without, and its snapshot set if it has one."""
     plain = {k: [folder / f"fold{k}"] for k in folds}
     out = {label: read_member(index, plain)}
-    if all((d[0] / "oof_plain.csv").exists() for d in plain.values()):  # predict writes them
+    if all(has_preds(d[0], "oof_plain") for d in plain.values()):  # predict writes them with TTA
         out[f"{label} (no TTA)"] = read_member(index, plain, "_plain")
     snaps = snapshot_dirs(folder, folds)
     if snaps is not None:
@@ -127,37 +135,41 @@ def evaluate(index: Index, metric: str, members: dict[str, Member], mode: str) -
     task = index.meta["task"]
     metrics.check_applies(metric, task)
     targets = encode_labels(index.train["label"], index.classes, task)
-    stack = np.stack([m.oof.to_numpy() for m in members.values()])
-    fold = next(iter(members.values())).fold
+    fold, n = next(iter(members.values())).fold, len(members)
     tuned = task == "multi_label"
+    stack = np.stack([m.oof for m in members.values()]) if mode == "fit" and n > 1 else None
 
     def weights(rows: np.ndarray) -> np.ndarray:
-        return (
-            fit_weights(stack[:, rows], targets[rows])
-            if mode == "fit"
-            else np.full(len(stack), 1 / len(stack))
-        )
+        return np.full(n, 1 / n) if stack is None else fit_weights(stack[:, rows], targets[rows])
 
-    oof, row_thr = np.zeros(stack.shape[1:]), np.full(stack.shape[1:], 0.5)
-    for k in np.unique(fold):
-        rows, other = fold == k, fold != k
-        blended = np.tensordot(weights(other), stack, 1)
-        oof[rows] = blended[rows]
-        if tuned:
-            row_thr[rows] = metrics.tune_thresholds(metric, blended[other], targets[other])
     w_all = weights(np.ones(len(fold), dtype=bool))
-    full = np.tensordot(w_all, stack, 1)
-    thresholds = metrics.tune_thresholds(metric, full, targets) if tuned else row_thr[0]
-    test = np.tensordot(w_all, np.stack([m.test.to_numpy() for m in members.values()]), 1)
-    first = next(iter(members.values()))
-    return Blend(
-        pd.DataFrame(oof, index=first.oof.index, columns=index.classes),
-        pd.DataFrame(test, index=first.test.index, columns=index.classes),
-        metrics.report(oof, targets, row_thr),
-        thresholds,
-        row_thr,
-        [float(w) for w in w_all],
+    full = weighted(members, w_all, "oof")
+    oof = full if stack is None else np.zeros_like(full)
+    row_thr = np.full(full.shape, 0.5, np.float32) if tuned else 0.5
+    for k in np.unique(fold) if stack is not None or tuned else []:
+        rows, other = fold == k, fold != k
+        part = full if stack is None else np.tensordot(weights(other), stack, 1)
+        oof[rows] = part[rows]
+        if tuned:
+            row_thr[rows] = metrics.tune_thresholds(metric, part[other], targets[other])
+    thresholds = (
+        metrics.tune_thresholds(metric, full, targets) if tuned else np.full(full.shape[1], 0.5)
     )
+    test = weighted(members, w_all, "test")
+    report = metrics.report(oof, targets, row_thr)
+    return Blend(oof, test, report, thresholds, row_thr, [float(w) for w in w_all])
+
+
+def weighted(members: dict[str, Member], w: np.ndarray, split: str) -> np.ndarray:
+    """The members' `split` probabilities weighted by `w`: one array beside theirs (a member
+    alone is its own)."""
+    arrays = [getattr(m, split) for m in members.values()]
+    if len(arrays) == 1:
+        return arrays[0]
+    out = np.zeros_like(arrays[0])
+    for wi, a in zip(w, arrays, strict=True):
+        out += np.float32(wi) * a
+    return out
 
 
 def cv_report(index: Index, metric: str, chosen: dict[str, Member], reported, mode: str):
@@ -174,7 +186,7 @@ def cv_report(index: Index, metric: str, chosen: dict[str, Member], reported, mo
     cv["blend_minus_best_single"] = round(b.report[metric] - top, 6)
     if index.meta["task"] == "multi_label":
         targets = encode_labels(index.train["label"], index.classes, "multi_label")
-        cv["at_threshold_0.5"] = metrics.report(b.oof.to_numpy(), targets, 0.5)
+        cv["at_threshold_0.5"] = metrics.report(b.oof, targets, 0.5)
     return b, cv
 
 
@@ -200,7 +212,7 @@ def collect(index: Index, folders: dict[str, Path], folds: list[int], snapshots:
 
 
 def write_blend(index: Index, metric: str, b: Blend, names, out: Path, confusion: Path) -> None:
-    """oof.csv, test.csv and thresholds.json ({metric, thresholds, weights: {member: its exact
+    """oof and test predictions, thresholds.json ({metric, thresholds, weights: {member: its exact
     weight on the test set}}, what an exported kernel blends with) in `out`; the confusion pairs."""
     decision = {"metric": metric, "thresholds": None}
     decision["weights"] = dict(zip(names, b.weights, strict=True))
@@ -209,11 +221,10 @@ def write_blend(index: Index, metric: str, b: Blend, names, out: Path, confusion
             c: float(t) for c, t in zip(index.classes, b.thresholds, strict=True)
         }
     targets = encode_labels(index.train["label"], index.classes, index.meta["task"])
-    pairs = metrics.confusion_pairs(b.oof.to_numpy(), targets, index.classes, metric,
-                                    b.row_thresholds)  # fmt: skip
-    with atomic_dir(out) as tmp:  # the three files appear together or not at all
-        write_csv(tmp / "oof.csv", b.oof.rename_axis("id").reset_index())
-        write_csv(tmp / "test.csv", b.test.rename_axis("id").reset_index())
+    pairs = metrics.confusion_pairs(b.oof, targets, index.classes, metric, b.row_thresholds)
+    with atomic_dir(out) as tmp:  # the files appear together or not at all
+        write_preds(tmp, "oof", index.train["id"], b.oof, index.classes)
+        write_preds(tmp, "test", index.test["id"], b.test, index.classes)
         write_json(tmp / "thresholds.json", decision)
     write_csv(confusion, pairs)
 
@@ -319,9 +330,13 @@ def run_final(
 def per_fold(index: Index, metric: str, fold: np.ndarray, b: Blend) -> np.ndarray:
     """The blend's metric on each fold's OOF rows (decided with the thresholds those rows had)."""
     targets = encode_labels(index.train["label"], index.classes, index.meta["task"])
-    oof = b.oof.to_numpy()
+    thr = b.row_thresholds
+
+    def rows_thr(rows: np.ndarray):
+        return thr if np.isscalar(thr) else thr[rows]
+
     return np.array([
-        metrics.report(oof[fold == k], targets[fold == k], b.row_thresholds[fold == k])[metric]
+        metrics.report(b.oof[fold == k], targets[fold == k], rows_thr(fold == k))[metric]
         for k in np.unique(fold)
     ])  # fmt: skip
 

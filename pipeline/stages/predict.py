@@ -10,13 +10,14 @@ training augmentation at `tta.random_strength` (albumentations, in the loader). 
 probabilities or as logits (`tta.combine`). `tta.beta: auto` picks the best of 0, 0.1, …, 1 by
 competition.metric on the fold's OOF rows (ties: the lower log loss).
 
-Writes preds/<model>/fold<k>/ (students: students/preds/...): oof.csv (the fold's validation
-rows) and test.csv, each an id column and one probability column per class, as blended;
-oof_plain.csv and test_plain.csv without TTA; views.npz (every view's probabilities, for tuning);
-tta.json (views, beta, the OOF metric of plain, TTA and the blend); and for SGDR models
-snapshots/cycle<i>/{oof,test}.csv and tta.json, the same TTA over each snapshot; with
-pseudo.extra, extra.csv: its images (data/extra/) through the kept weights, the same views and
-beta. Only `tta` and competition.metric are read from params, so changing them reruns predict
+Writes preds/<model>/fold<k>/ (students: students/preds/...): oof (the fold's validation rows)
+and test, each a prediction file (pipeline/preds.py: oof.npy, float32 rows x classes, and
+oof.json, its ids and classes), as blended; with TTA also oof_plain and test_plain without it
+and views.npz (every view's probabilities, for tuning); tta.json (views, beta, the OOF metric of
+plain, TTA and the blend); and for SGDR models snapshots/cycle<i>/ (oof, test, tta.json), the
+same TTA over each snapshot; with pseudo.extra, extra: its images (data/extra/) through the kept
+weights, the same views and beta. Without TTA the plain predictions are the blended ones, written
+once. Only `tta` and competition.metric are read from params, so changing them reruns predict
 and what follows, never training. With no view and no random draw (`tta.views: []`,
 `tta.random: 0`) and no extra images predict loads no model and no torch: it takes the plain
 predictions the train stage wrote beside the weights (`models/<model>/fold<k>/plain/`), the same
@@ -28,13 +29,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipeline import metrics
-from pipeline.files import atomic_dir, read_json, write_csv, write_json
+from pipeline.files import atomic_dir, read_json, write_json
 from pipeline.index import Index, encode_labels, fold_rows, read_folds, read_index, read_pool
 from pipeline.params import Augment, Params, Tta, load_params
-from pipeline.preds import mean_probs, read_preds
+from pipeline.preds import mean_probs, read_probs, write_preds
 from pipeline.roles import PLAIN, TEACHER, Role, parse_stage, skipped, student, write_skips
 
 BETAS = np.round(np.linspace(0, 1, 11), 2)
@@ -73,7 +73,7 @@ def model_views(net, index: Index, fold: int, tta: Tta, info: dict, device) -> d
 
 def plain_views(folder: Path, classes: list[str]) -> dict:
     """The same without TTA, from the plain predictions the train stage wrote (no torch)."""
-    return {s: {"plain": read_preds(folder / f"{s}.csv", classes).to_numpy()} for s in SPLITS}
+    return {s: {"plain": read_probs(folder, s, classes)[1]} for s in SPLITS}
 
 
 def tta_report(outs: dict, index: Index, fold: int, tta: Tta, info: dict, metric: str):
@@ -97,19 +97,18 @@ def tta_report(outs: dict, index: Index, fold: int, tta: Tta, info: dict, metric
 
 
 def write_fold(folder: Path, index: Index, fold: int, outs, beta: float, tta: Tta, info) -> None:
-    """oof.csv and test.csv (blended), *_plain.csv (no TTA) and views.npz in `folder`."""
+    """oof and test (blended) in `folder`; with TTA views also *_plain (without them) and
+    views.npz."""
     _, valid_rows = fold_rows(index, read_folds(), fold)
     ids = {"oof": index.train["id"].iloc[valid_rows], "test": index.test["id"]}
     for split, views in outs.items():
-        for suffix, probs in (
-            ("", blend_tta(views, beta, tta.combine, info["task"])),
-            ("_plain", views["plain"]),
-        ):
-            frame = pd.DataFrame(probs, columns=info["classes"])
-            frame.insert(0, "id", ids[split].to_numpy())
-            write_csv(folder / f"{split}{suffix}.csv", frame)
-    arrays = {f"{s}/{v}": a for s, views in outs.items() for v, a in views.items()}
-    np.savez_compressed(folder / "views.npz", **arrays)
+        blended = blend_tta(views, beta, tta.combine, info["task"])
+        write_preds(folder, split, ids[split], blended, info["classes"])
+        if len(views) > 1:
+            write_preds(folder, f"{split}_plain", ids[split], views["plain"], info["classes"])
+    if any(len(views) > 1 for views in outs.values()):
+        arrays = {f"{s}/{v}": a for s, views in outs.items() for v, a in views.items()}
+        np.savez_compressed(folder / "views.npz", **arrays)
 
 
 def weight_sets(src: Path) -> list[tuple[str, Path]]:
@@ -138,8 +137,8 @@ def predictor(src: Path, tta: Tta, fold: int):
 
 
 def pool_preds(src: Path, tta: Tta, info: dict, beta: float, extra: str | None):
-    """pseudo.extra's images (index.read_pool) through the kept weights, with the test set's
-    views and beta; None when there are none (no torch loaded then)."""
+    """(ids, probs) of pseudo.extra's images (index.read_pool) through the kept weights, with
+    the test set's views and beta; None when there are none (no torch loaded then)."""
     pool = read_pool(extra)
     if not len(pool.test):
         return None
@@ -148,9 +147,7 @@ def pool_preds(src: Path, tta: Tta, info: dict, beta: float, extra: str | None):
     net, _, device = load_model(src)
     info = {**info, "augment": Augment(**info["augment"]) if info.get("augment") else None}
     views = predict_split(net, pool, "test", np.arange(len(pool.test)), tta, info, device)
-    frame = pd.DataFrame(blend_tta(views, beta, tta.combine, info["task"]), columns=info["classes"])
-    frame.insert(0, "id", pool.test["id"].to_numpy())
-    return frame
+    return pool.test["id"], blend_tta(views, beta, tta.combine, info["task"])
 
 
 def run(p: Params, name: str, fold: int, role: Role = TEACHER) -> None:
@@ -175,8 +172,8 @@ def run(p: Params, name: str, fold: int, role: Role = TEACHER) -> None:
         outs, beta, report = kept
         extra = pool_preds(src, tta, info, beta, p.pseudo.extra)
         if extra is not None:
-            write_csv(tmp / "extra.csv", extra)
-    n_extra = "" if extra is None else f" + {len(extra)} extra"
+            write_preds(tmp, "extra", *extra, info["classes"])
+    n_extra = "" if extra is None else f" + {len(extra[0])} extra"
     print(
         f"predict: {role.name} {name} fold {fold}, {len(outs['oof']['plain'])} oof + "
         f"{len(index.test)} test{n_extra} rows, TTA {tta.views} + {tta.random} random, beta {beta} "

@@ -3,9 +3,9 @@
     python -m pipeline pseudolabel      # reads pseudo.*, train.backbones, base.folds, metric
 
 `pseudo.source: fold` (the default): fold k's student learns from the mean of the fold-k teachers'
-test predictions (preds/<model>/fold<k>/test.csv, TTA-averaged over every teacher backbone). Those
+test predictions (preds/<model>/fold<k>/test.npy, TTA-averaged over every teacher backbone). Those
 teachers never trained on fold k's validation rows, so the student's CV on them stays honest.
-`source: ensemble` gives every fold the blend of all teachers (ensemble/test.csv); the other
+`source: ensemble` gives every fold the blend of all teachers (ensemble/test.npy); the other
 folds' teachers trained on fold k's validation rows, so that CV is optimistic.
 
 Selection: an image is kept when its confidence reaches `pseudo.threshold` (single-label: the top
@@ -16,8 +16,8 @@ confident images (the most confident stay; a hard class with few keeps them all:
 Targets: the probabilities (`soft`, sharpened by `temperature`) or hard labels (multi-label: tags
 through thresholds tuned on the other folds' out-of-fold predictions, or the ensemble's).
 
-With `pseudo.extra`, its images (data/extra/, predicted by the same teachers: extra.csv beside
-test.csv) are selected together with the test set, by the same threshold and class cap.
+With `pseudo.extra`, its images (data/extra/, predicted by the same teachers: extra.npy beside
+test.npy) are selected together with the test set, by the same threshold and class cap.
 
 Writes pseudo/fold<k>/labels.csv (id, label, confidence, one target column per class: what the
 student trains on), pseudo/fold<k>/source.json (provenance: source, teachers and the sha256 of
@@ -118,24 +118,40 @@ def label_frame(
     p, classes = probs.to_numpy(), list(probs.columns)
     cut = ps.threshold if ps.weighting == "cut" else 0.0  # confidence: weights instead of a cut
     keep = select(p, task, cut, shares if ps.class_cap else None)
-    hard = hard_targets(p, task, thresholds)
+    conf, kept = confidence(p, task), p[keep]  # targets of the kept rows only
+    hard = hard_targets(kept, task, thresholds)
     names = np.array(classes)
     label = (
         [" ".join(names[row.astype(bool)]) for row in hard]
         if task == "multi_label"
-        else names[p.argmax(1)].tolist()
+        else names[kept.argmax(1)].tolist()
     )
-    tgt = soft_targets(p, task, ps.temperature) if ps.soft else hard
-    conf = confidence(p, task)
-    frame = pd.DataFrame(tgt, columns=classes)
-    frame.insert(0, "confidence", conf.round(6))
+    frame = pd.DataFrame(soft_targets(kept, task, ps.temperature) if ps.soft else hard,
+                         columns=classes)  # fmt: skip
+    frame.insert(0, "confidence", conf[keep].round(6))
     frame.insert(0, "label", label)
-    frame.insert(0, "id", probs.index.to_numpy())
-    capped = hard[~keep & (conf >= cut)].sum(0)  # confident, over the cap
-    counts = pd.DataFrame(
-        {"kept": hard[keep].sum(0), "dropped": hard[~keep].sum(0), "capped": capped}, index=classes
+    frame.insert(0, "id", probs.index.to_numpy()[keep])
+    return frame, class_counts(p, task, thresholds, keep, conf >= cut, classes)
+
+
+def class_counts(p, task: str, thresholds, keep, confident, classes: list[str]) -> pd.DataFrame:
+    """Images per class kept, dropped, and of those dropped the confident ones the class cap
+    left out: single-label by the top class, multi-label by every tag decided on."""
+    if task == "multi_label":
+        tags = metrics.decide_tags(p, 0.5 if thresholds is None else thresholds)
+
+        def count(rows):
+            return tags[rows].sum(0)
+    else:
+        top = p.argmax(1)
+
+        def count(rows):
+            return np.bincount(top[rows], minlength=len(classes))
+
+    return pd.DataFrame(
+        {"kept": count(keep), "dropped": count(~keep), "capped": count(~keep & confident)},
+        index=classes,
     )
-    return frame[keep].reset_index(drop=True), counts
 
 
 def train_shares(index: Index, rows: np.ndarray) -> np.ndarray:
@@ -179,7 +195,7 @@ def fold_inputs(index, ps: Pseudo, backbones, folds, fold, metric, preds: Path, 
     `fold`'s student."""
     multi = index.meta["task"] == "multi_label"
     if ps.source == "ensemble":
-        probs = read_preds(ens / "test.csv", index.classes)
+        probs = read_preds(ens, "test", index.classes)
         return probs, ensemble_thresholds(ens / "thresholds.json", index.classes), ["ensemble"]
     dirs = [preds / b for b in backbones]
     probs = fold_blend(dirs, fold, "test", index.classes)

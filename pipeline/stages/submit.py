@@ -25,16 +25,10 @@ from pipeline import metrics
 from pipeline.files import PipelineError, read_json, write_csv, write_json
 from pipeline.index import Index, encode_labels, read_index
 from pipeline.params import load_params
+from pipeline.preds import read_probs
 
 SUBMISSION = Path("submissions/submission.csv")
 LOCAL_SCORE = Path("submissions/local_score.json")
-
-
-def read_sample(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise PipelineError(f"{path}: missing; run `dvc repro prepare` first")
-    id_col = pd.read_csv(path, nrows=0).columns[0]
-    return pd.read_csv(path, dtype={id_col: str}, keep_default_na=False)
 
 
 def submission_probs(sub: pd.DataFrame, meta: dict) -> np.ndarray:
@@ -115,16 +109,13 @@ def read_thresholds(path: Path, classes: list[str]) -> np.ndarray | None:
 
 
 def shaped(index: Index, metric: str, blend: Path, out: Path) -> pd.DataFrame:
-    """A blend folder's test predictions (test.csv, thresholds.json) as a checked submission."""
-    sample = read_sample(index.root / "sample_submission.csv")
-    preds = blend / "test.csv"
-    if not preds.exists():
-        raise PipelineError(f"{preds}: missing; run `dvc repro` first")
-    test = pd.read_csv(preds, dtype={"id": str}, keep_default_na=False)
+    """A blend folder's test predictions (and thresholds.json) as a checked submission."""
+    sample = metrics.read_sample(index.root / "sample_submission.csv")
     meta, classes = index.meta, index.classes
+    ids, probs = read_probs(blend, "test", classes)
     sub = metrics.shape_submission(
-        test["id"].tolist(),
-        test[classes].to_numpy(),
+        ids.tolist(),
+        probs,
         classes,
         sample,
         meta["submission_kind"],

@@ -59,7 +59,7 @@ from pipeline.data import (
     pseudo_per_batch,
     split_dataset,
 )
-from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_csv
+from pipeline.files import PipelineError, atomic_dir, read_json, sha256
 from pipeline.index import (
     FOLDS,
     Index,
@@ -72,6 +72,7 @@ from pipeline.index import (
 from pipeline.inference import predict_split
 from pipeline.loop import LoopConfig, Phase, accelerator, fit, steps_per_epoch
 from pipeline.params import Params, Pseudo, Train, Tta, load_params
+from pipeline.preds import write_preds
 from pipeline.roles import PLAIN, TEACHER, Role, write_skips
 
 AUTO_STEPS = 16  # train.batch_size: auto lowers the batch until an epoch has this many steps
@@ -680,8 +681,8 @@ NO_TTA = Tta(views=[], random=0, random_strength=0.0, combine="probs", beta=1.0,
 
 
 def write_plain(net: nn.Module, folder: Path, info: dict, d: FoldData, device) -> None:
-    """plain/{oof,test}.csv (and plain/snapshots/cycle<i>/) without TTA, of the kept weights
-    and every SGDR snapshot: what predict takes when there is no TTA, loading no model."""
+    """plain/ oof and test predictions (and plain/snapshots/cycle<i>/) without TTA, of the kept
+    weights and every SGDR snapshot: what predict takes when there is no TTA, loading no model."""
     sets = [("", None), *((f"snapshots/{s.stem}", s) for s in
                           sorted((folder / "snapshots").glob("cycle*.safetensors")))]  # fmt: skip
     splits = {
@@ -694,9 +695,7 @@ def write_plain(net: nn.Module, folder: Path, info: dict, d: FoldData, device) -
             net.load_state_dict(load_file(str(weights)))
         for name, (split, rows, ids) in splits.items():
             probs = predict_split(net, d.index, split, rows, NO_TTA, info, device)["plain"]
-            frame = pd.DataFrame(probs, columns=info["classes"])
-            frame.insert(0, "id", ids.to_numpy())
-            write_csv(folder / PLAIN / sub / f"{name}.csv", frame)
+            write_preds(folder / PLAIN / sub, name, ids, probs, info["classes"])
 
 
 def save_outputs(net, hist, rec: Recorder, out: Path, info: dict, about: str, d: FoldData) -> None:

@@ -37,7 +37,7 @@ import yaml
 
 from pipeline import kaggle
 from pipeline.files import PipelineError, read_json, sha256, write_csv, write_json
-from pipeline.metrics import validate_submission
+from pipeline.metrics import read_sample, validate_submission
 from pipeline.params import load_params
 
 PUSHED = Path("submissions/kernel.json")  # what `python -m pipeline export --push` recorded
@@ -189,10 +189,20 @@ def validate(submission: Path, prepared_dir: Path) -> None:
     if not submission.exists():
         raise PipelineError(f"{submission}: not found (run `dvc repro submit` first)")
     meta = read_json(prepared_dir / "meta.json")
-    # everything as text, as written: ids or classes such as "NA" or "None" stay themselves
-    sample = pd.read_csv(prepared_dir / "sample_submission.csv", dtype=str, keep_default_na=False)
-    sub = pd.read_csv(submission, dtype=str, keep_default_na=False)
-    validate_submission(sub, sample, meta["classes"], meta["submission_kind"], str(submission))
+    sample = read_sample(prepared_dir / "sample_submission.csv")
+    kind = meta["submission_kind"]
+    validate_submission(read_submission(submission, kind), sample, meta["classes"], kind,
+                        str(submission))  # fmt: skip
+
+
+def read_submission(path: Path, kind: str) -> pd.DataFrame:
+    """Labels and tags as text, as written (classes such as "NA" or "None" stay themselves);
+    probabilities as numbers (an empty cell is missing, a word stays text and is named)."""
+    if kind not in ("probs", "binary"):
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    columns = pd.read_csv(path, nrows=0).columns.tolist()
+    return pd.read_csv(path, dtype={columns[0]: str}, keep_default_na=False,
+                       na_values={c: [""] for c in columns[1:]})  # fmt: skip
 
 
 def build_message(metrics_path: Path, models: list[str]) -> str:
