@@ -58,7 +58,7 @@ def test_label_in_file_name_dogs_vs_cats(tmp_path):
     assert meta["positive_class"] == "dog"
     # the written label is P(dog), the final blend's dog column
     blend = read_preds(proj.path / "final", "test", ["cat", "dog"])
-    np.testing.assert_allclose(sub["label"], blend.loc[sub["id"], "dog"], atol=1e-6)
+    np.testing.assert_allclose(sub["label"], blend.loc[sub["id"].astype(str), "dog"], atol=1e-6)
 
 
 def test_pixels_in_csv_digit_recognizer(tmp_path):
