@@ -64,7 +64,10 @@ def summary() -> None:
             print(f"  {s['unscored_rows']} rows not scored: their solution classes were never "
                   f"in training ({', '.join(s['unknown_classes'][:5])})")  # fmt: skip
     print(f"submission: {sub.resolve() if sub.exists() else 'not written yet'}")
-    stale = list(dict.fromkeys(source_changed() + stale_stages()))  # the source first, once
+    stages, unknown = stale_stages()
+    stale = list(dict.fromkeys(source_changed() + stages))  # the source first, once
+    if unknown:
+        print(f"WARNING: {unknown}: these outputs may be stale; run `dvc status` to see")
     if stale:
         print(
             f"WARNING: these outputs are not those of the current params, data and code: "
@@ -74,34 +77,41 @@ def summary() -> None:
         )
 
 
-def stale_stages() -> list[str]:
-    """Stages whose inputs changed since they last ran (`dvc status`); [] outside a DVC project."""
+def stale_stages(timeout: float = 120) -> tuple[list[str], str | None]:
+    """(Stages whose inputs changed since they last ran (`dvc status`), why that could not be
+    told or None); nothing outside a DVC project."""
     if not Path("dvc.yaml").exists():
-        return []
+        return [], None
     try:
         res = subprocess.run(
             [sys.executable, "-m", "dvc", "status", "--json"],
-            capture_output=True, text=True, timeout=120, check=False,
+            capture_output=True, text=True, timeout=timeout, check=False,
         )  # fmt: skip
-        changes = json.loads(res.stdout or "{}") if res.returncode == 0 else {}
-    except (subprocess.TimeoutExpired, json.JSONDecodeError, OSError):
-        return []
-    return [stage for stage, what in changes.items() if what != ["always changed"]]  # `source`
+        changes = json.loads(res.stdout or "{}")
+    except subprocess.TimeoutExpired:
+        return [], f"`dvc status` gave no answer within {timeout:.0f} s"
+    except (json.JSONDecodeError, OSError) as e:
+        return [], f"`dvc status` failed ({type(e).__name__})"
+    if res.returncode != 0:
+        return [], f"`dvc status` failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}"
+    return [s for s, what in changes.items() if what != ["always changed"]], None  # `source`
 
 
 def source_changed() -> list[str]:
     """["source"] when a local source folder no longer matches the listing download was made
-    from: `dvc status` cannot see that before the always-changed `source` stage runs again."""
+    from, or data/raw the listing download wrote: `dvc status` cannot see either before the
+    always-changed `source` stage runs again."""
     from pipeline.files import read_json
     from pipeline.params import load_params
-    from pipeline.stages.download import MANIFEST, manifest
+    from pipeline.stages.download import MANIFEST, check_raw, manifest
 
     if not MANIFEST.exists():
         return []
     comp = load_params().competition
     try:
         now = manifest(comp)
-    except PipelineError:  # the folder is gone: download itself says so
+        check_raw(now)
+    except PipelineError:  # the folder is gone, or data/raw edited: the source stage says so
         return ["source"]
     return ["source"] if read_json(MANIFEST) != now else []
 

@@ -239,3 +239,31 @@ def test_a_git_repository_without_a_commit_is_one_plain_line(tmp_path, monkeypat
     subprocess.run(["git", "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q",
                     "--allow-empty", "-m", "init"], check=True)  # fmt: skip
     assert open_live(Live, tmp_path / "dvclive") is not None
+
+
+@pytest_slow
+def test_data_raw_is_listed_not_hashed_and_an_edit_by_hand_is_refused(tmp_path):
+    demo = Project(tmp_path / "demo")
+    assert ran(demo.run(["dvc", "repro", "prepare"])) == ["download", "prepare"]
+    lock = (demo.path / "dvc.lock").read_text()
+    assert "data/raw.json" in lock and "path: data/raw\n" not in lock  # no image hashed
+    labels = demo.path / "data/raw/train.csv"
+    original = labels.read_text()
+    labels.write_text(original.replace(",0\n", ",1\n", 1))  # one label edited by hand
+    assert "(source" in demo.run(["pipeline", "summary"]).stdout
+    res = demo.run(["dvc", "repro", "prepare"], check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Traceback" not in out
+    assert "data/raw: changed since download listed it in data/raw.json" in out
+    assert "`dvc repro -f -s download`" in out
+    demo.run(["dvc", "repro", "-f", "-s", "download"])  # the demo written again: the edit undone
+    assert labels.read_text() == original
+    assert ran(demo.run(["dvc", "repro", "prepare"])) == ["prepare"]
+    assert stale(demo) == ""
+
+
+def test_summary_says_when_dvc_status_cannot_tell(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    assert cli.stale_stages(timeout=1e-6) == ([], "`dvc status` gave no answer within 0 s")
+    assert cli.stale_stages()[1].startswith("`dvc status` failed")  # not a DVC repository

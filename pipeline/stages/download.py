@@ -14,6 +14,11 @@ inside it are extracted.
 The manifest lists a local folder's file names, sizes and times, so that an image added to or
 removed from it reruns download (links rebuilt) and prepare; with `demo` and `kaggle` it never
 changes, and a Kaggle download is never repeated.
+
+Download's own output is data/raw.json, the same listing of data/raw (what prepare and submit
+depend on): DVC never hashes the images on `dvc status` (100k of them took half a minute). A
+data/raw changed by hand after download listed it is refused by the `source` stage, which says
+how to take it.
 """
 
 from __future__ import annotations
@@ -29,12 +34,13 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from pipeline import kaggle
-from pipeline.files import JUNK, PipelineError, atomic_dir, listing, walk, write_json
+from pipeline.files import JUNK, PipelineError, atomic_dir, listing, read_json, walk, write_json
 from pipeline.params import Competition, load_params
 
 RAW = Path("data/raw")
 MANIFEST = Path("data/source.json")  # the `source` stage's output, a dependency of download
 EXTRA_MANIFEST = Path("data/extra_source.json")  # and of the `extra` stage
+RAW_LISTING = Path("data/raw.json")  # download's output: what prepare and submit depend on
 SKEWED = {3: 1 / 3, 8: 1 / 3}  # class -> fraction of its training images the demo keeps
 
 
@@ -145,16 +151,38 @@ def tidy(dest: Path) -> None:
         wrapper.rmdir()
 
 
+def raw_listing(made_from: dict, raw: Path = RAW) -> dict:
+    """data/raw's file names, sizes and times (files.listing, a link's target's) and the source
+    manifest it was made from."""
+    return {"made_from": made_from, **{k: v for k, v in listing(raw).items() if k != "path"}}
+
+
+def check_raw(now: dict) -> None:
+    """Refuse a data/raw changed since download listed it while the source did not change (an
+    edit by hand): prepare would not rerun on it."""
+    listed = read_json(RAW_LISTING) if RAW_LISTING.exists() else {}
+    if listed.get("made_from") != now:
+        return  # never downloaded, or the source changed: download reruns anyway
+    if not RAW.is_dir() or raw_listing(now) != listed:
+        raise PipelineError(
+            f"{RAW}: {'missing' if not RAW.is_dir() else 'changed'} since download listed it in "
+            f"{RAW_LISTING}; run `dvc repro -f -s download` to download again (a finished Kaggle "
+            "download is not repeated: data/raw is listed as it is now), or undo the change"
+        )
+
+
 def run(comp: Competition, seed: int, raw: Path = RAW, force: bool = False) -> None:
     if comp.source == "kaggle":
         kaggle.download_competition(comp.name, raw, files=comp.files or None, force=force)
-        return
-    with atomic_dir(raw) as tmp:
-        if comp.source == "demo":
-            write_demo(tmp, seed)
-        else:
-            from_local(local_source(comp), tmp)
-    print(f"download: {comp.source} competition '{comp.name}' in {raw}/")
+    else:
+        with atomic_dir(raw) as tmp:
+            if comp.source == "demo":
+                write_demo(tmp, seed)
+            else:
+                from_local(local_source(comp), tmp)
+        print(f"download: {comp.source} competition '{comp.name}' in {raw}/")
+    made_from = manifest(comp)
+    write_json(raw.with_suffix(".json"), raw_listing(made_from, raw))  # data/raw.json
 
 
 def main(argv: list[str]) -> None:
@@ -166,7 +194,9 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     p = load_params()
     if a.manifest:
-        write_json(MANIFEST, manifest(p.competition))
+        now = manifest(p.competition)
+        check_raw(now)
+        write_json(MANIFEST, now)
         write_json(EXTRA_MANIFEST, extra_manifest(p.pseudo.extra if p.pseudo.enabled else None))
     else:
         run(p.competition, p.base.seed, force=a.force)
