@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -136,3 +137,19 @@ def test_the_vega_bundle_is_kept_per_vl_convert_version_and_rebuilt_when_damaged
     kept.write_text("window.vega = (function(){", encoding="utf-8")  # not a whole bundle
     assert report.vega_bundle() == first and calls == [1, 1]
     assert kept.read_text(encoding="utf-8") == first
+
+
+def test_the_confusion_matrix_of_many_classes_keeps_the_most_confused():
+    from pipeline.stages import report
+
+    names = [f"c{i}" for i in range(200)]
+    right = pd.DataFrame({"actual": names * 5, "predicted": names * 5})
+    wrong = pd.DataFrame({"actual": ["c7"] * 9 + ["c3"] * 4, "predicted": ["c9"] * 9 + ["c8"] * 4})
+    cells = report.confusion(pd.concat([right, wrong], ignore_index=True))
+    shown = set(cells["actual"]) | set(cells["predicted"])
+    assert {"c7", "c9", "c3", "c8", "(other)"} <= shown and len(shown) == 31
+    assert len(cells) == 31 * 31  # not 200 x 200
+    at = cells.set_index(["actual", "predicted"])["count"]
+    assert at["c7", "c9"] == 9 and at["c7", "c7"] == 5 and at["(other)", "(other)"] == 5 * 170
+    few = report.confusion(wrong)  # few classes: every one of them
+    assert set(few["actual"]) == {"c7", "c3"}

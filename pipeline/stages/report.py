@@ -14,7 +14,8 @@ top-level `plots:` read them with the templates in .dvc/plots/):
 - schedule.json: the head group's LR at every optimizer step, and the augmentation strength
 - lr_find.json: every LR range test (loss against LR) with the LR it chose
 - confusion.json: the OOF confusion matrix of what is submitted, counts and the share of each
-  actual class (every cell, zeros included)
+  actual class (every cell, zeros included); past 30 classes, of the 30 most confused, the
+  others together as "(other)"
 - per_class.json: per class precision and recall of that matrix
 - teacher_student.json: each fold's kept-epoch metric for teachers and students, and the CV
 - page.html: DVC's HTML template with Vega, Vega-Lite and Vega-Embed inlined
@@ -36,6 +37,8 @@ from pipeline.params import Params, load_params
 from pipeline.roles import TEACHER, Role, student
 
 OUT = Path("reports")
+CONFUSION_CLASSES = 30  # the matrix shows the classes most confused, the others as "(other)"
+OTHER = "(other)"
 PAGE = """<!DOCTYPE html>
 <html>
 <head>
@@ -128,8 +131,27 @@ def run_tables(runs) -> dict[str, pd.DataFrame]:
     }
 
 
+def most_confused(pairs: pd.DataFrame, keep: int = CONFUSION_CLASSES) -> pd.DataFrame:
+    """The pairs with every class but the `keep` most confused ones (in the most wrong pairs,
+    as actual or predicted; then the most rows) named "(other)": the matrix grows with
+    min(classes, keep)², not with the classes²."""
+    named = set(pairs["actual"]) | set(pairs["predicted"])
+    if len(named - {"(none)", "(missed)"}) <= keep:
+        return pairs
+    wrong = pairs[pairs["actual"] != pairs["predicted"]]
+    rows = pd.concat([pairs["actual"], pairs["predicted"]]).value_counts()
+    errors = pd.concat([wrong["actual"], wrong["predicted"]]).value_counts()
+    rank = pd.DataFrame({"errors": errors.reindex(rows.index, fill_value=0), "rows": rows})
+    rank = rank.drop(index=["(none)", "(missed)"], errors="ignore")
+    order = rank.sort_values(["errors", "rows"], ascending=False, kind="stable").index
+    top = {*order[:keep], "(none)", "(missed)"}
+    return pairs.assign(**{c: pairs[c].where(pairs[c].isin(top), OTHER) for c in pairs.columns})
+
+
 def confusion(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Every (actual, predicted) cell with its count and its share of the actual class's rows."""
+    """Every (actual, predicted) cell with its count and its share of the actual class's rows,
+    of the classes most confused (most_confused)."""
+    pairs = most_confused(pairs)
     actual = sorted(set(pairs["actual"]))
     predicted = sorted(set(pairs["predicted"]) | set(actual) - {"(none)"})
     counts = pd.crosstab(pairs["actual"], pairs["predicted"]).reindex(
