@@ -199,3 +199,23 @@ def test_whole_number_placeholder_with_named_classes_writes_names():
         ["a", "b"], np.array([[0.2, 0.8], [0.9, 0.1]]), ["cat", "dog"], sample, "label"
     )
     assert sub["label"].tolist() == ["dog", "cat"]
+
+
+def test_many_probability_columns_are_written_as_six_significant_digits(tmp_path):
+    from pipeline.metrics import probs_text, write_submission
+
+    edge = np.array([0, 1, 0.9999996, 0.5, 0.123456789, 9.9999996e-3, 3.4e-7, 1e-38, 1e-45])
+    text = [bytes(t).decode() for t in probs_text(edge.astype(np.float32))]
+    assert text[:7] == ["0.00000e+00", "1.00000e+00", "1.00000e+00", "5.00000e-01",
+                        "1.23457e-01", "1.00000e-02", "3.40000e-07"]  # fmt: skip
+    assert text[7:] == ["1.00000e-38", "1.40130e-45"]  # a float32's smallest, still not 0
+    classes = [f"c{i}" for i in range(40)]
+    probs = np.random.default_rng(0).dirichlet(np.ones(40) / 8, 9000).astype(np.float32)
+    sub = pd.DataFrame(probs, columns=classes)
+    sub.insert(0, "id", [f"{i:05d}" for i in range(9000)])  # more rows than one chunk
+    write_submission(tmp_path / "s.csv", sub)
+    back = pd.read_csv(tmp_path / "s.csv", dtype={"id": str})
+    assert list(back.columns) == ["id", *classes] and back["id"].tolist() == sub["id"].tolist()
+    np.testing.assert_allclose(back[classes], probs.astype(np.float64), rtol=5e-6, atol=0)
+    write_submission(tmp_path / "few.csv", sub.iloc[:, :5])  # a few columns: as pandas writes
+    assert (tmp_path / "few.csv").read_text() == sub.iloc[:, :5].to_csv(index=False)
