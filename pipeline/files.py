@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
@@ -157,3 +158,53 @@ def sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+MANY_PROBS = 16  # probability columns from which write_probs_csv formats them itself
+PROBS_TEXT = 6  # significant digits of a probability in a submission (1.23456e-05): two
+# groups of three digits, each looked up in THREE_DIGITS ("000" to "999")
+THREE_DIGITS = np.array([[48 + n // 100, 48 + n // 10 % 10, 48 + n % 10] for n in range(1000)],
+                        np.uint8)  # fmt: skip
+
+
+def probs_text(values: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] as fixed-width text `d.ddddde±dd` (PROBS_TEXT significant
+    digits), an (..., 11) uint8 array: formatted by array arithmetic, not float by float."""
+    v = np.asarray(values, dtype=np.float64)
+    zero = v <= 0
+    e = np.floor(np.log10(np.where(zero, 1.0, v))).astype(np.int64)
+    m = np.rint(v / 10.0**e * 10 ** (PROBS_TEXT - 1)).astype(np.int64)
+    carried = m >= 10**PROBS_TEXT  # 9.999996e-01 rounds to 1.00000e+00
+    m, e = np.where(carried, m // 10, m), e + carried
+    m, e = np.where(zero, 0, m), np.where(zero, 0, e)
+    digits = np.concatenate([THREE_DIGITS[m // 1000], THREE_DIGITS[m % 1000]], -1)
+    out = np.empty((*v.shape, PROBS_TEXT + 5), np.uint8)
+    out[..., 0], out[..., 1] = digits[..., 0], ord(".")
+    out[..., 2 : PROBS_TEXT + 1] = digits[..., 1:]
+    out[..., -4], out[..., -3] = ord("e"), np.where(e < 0, ord("-"), ord("+"))
+    out[..., -2], out[..., -1] = 48 + abs(e) // 10, 48 + abs(e) % 10
+    return out
+
+
+def write_probs_csv(dest: str | Path, frame: pd.DataFrame, chunk: int = 4096) -> None:
+    """A CSV of text columns (ids, labels) then probability columns: with MANY_PROBS or more,
+    their text is made by probs_text a chunk of rows at a time (pandas formats float by float
+    in Python); otherwise, or when a text cell holds a line break, as pandas writes it."""
+    floats = [pd.api.types.is_float_dtype(frame[c]) for c in frame.columns]
+    lead = floats.index(True) if True in floats else len(floats)
+    heads = frame.iloc[:, :lead].to_csv(header=False, index=False, lineterminator="\n")
+    heads = heads.split("\n")[:-1]
+    few = len(floats) - lead < MANY_PROBS or not all(floats[lead:])
+    if lead == 0 or few or len(heads) != len(frame):  # len: a line break inside a text cell
+        write_csv(dest, frame)
+        return
+    values = frame.iloc[:, lead:].to_numpy()
+    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+        f.write(frame.iloc[:0].to_csv(index=False, lineterminator="\n").encode())
+        for start in range(0, len(frame), chunk):
+            text = probs_text(values[start : start + chunk])
+            cells = np.concatenate([text, np.full((*text.shape[:2], 1), ord(","), np.uint8)], 2)
+            cells[:, -1, -1] = ord("\n")
+            rows = cells.reshape(len(cells), -1)
+            lines = zip(heads[start : start + chunk], rows, strict=True)
+            f.write(b"".join(h.encode() + b"," + r.tobytes() for h, r in lines))

@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline import metrics
-from pipeline.files import PipelineError, read_json, write_json
+from pipeline.files import PipelineError, read_json, write_json, write_probs_csv
 from pipeline.index import Index, read_index
 from pipeline.params import Params, parse_params
 from pipeline.preds import mean_preds, write_preds
@@ -104,7 +103,7 @@ def run(bundle: Path, competition: Path, work: Path, out: Path) -> pd.DataFrame:
     write_preds(final, "test", test.index, test.to_numpy(), index.classes)
     write_json(final / "thresholds.json", spec["decision"])
     sub = submit.shaped(index, spec["metric"], final, out)
-    metrics.write_submission(out, sub)
+    write_probs_csv(out, sub)
     print(f"kernel: {len(sub)} rows from {len(members)} member(s) -> {out}")
     return sub
 

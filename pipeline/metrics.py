@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.files import PipelineError, atomic_path, write_csv
+from pipeline.files import PipelineError
 
 SINGLE, MULTI = "single_label", "multi_label"
 EPS = 1e-15  # Kaggle clips probabilities to [EPS, 1 - EPS] before taking logs
@@ -384,48 +384,3 @@ def _check_tags(sub: pd.DataFrame, classes: list[str], source: str) -> None:
             )
         if len(set(tags.split())) < len(tags.split()):
             raise PipelineError(f"{source}: column '{col}' row {r + 2} repeats a tag in '{tags}'")
-
-
-PROBS_TEXT = 6  # significant digits of a probability in a submission (1.23456e-05): two
-# groups of three digits, each looked up in THREE_DIGITS ("000" to "999")
-THREE_DIGITS = np.array([[48 + n // 100, 48 + n // 10 % 10, 48 + n % 10] for n in range(1000)],
-                        np.uint8)  # fmt: skip
-
-
-def probs_text(values: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] as fixed-width text `d.ddddde±dd` (PROBS_TEXT significant
-    digits), an (..., 11) uint8 array: formatted by array arithmetic, not float by float."""
-    v = np.asarray(values, dtype=np.float64)
-    zero = v <= 0
-    e = np.floor(np.log10(np.where(zero, 1.0, v))).astype(np.int64)
-    m = np.rint(v / 10.0**e * 10 ** (PROBS_TEXT - 1)).astype(np.int64)
-    carried = m >= 10**PROBS_TEXT  # 9.999996e-01 rounds to 1.00000e+00
-    m, e = np.where(carried, m // 10, m), e + carried
-    m, e = np.where(zero, 0, m), np.where(zero, 0, e)
-    digits = np.concatenate([THREE_DIGITS[m // 1000], THREE_DIGITS[m % 1000]], -1)
-    out = np.empty((*v.shape, PROBS_TEXT + 5), np.uint8)
-    out[..., 0], out[..., 1] = digits[..., 0], ord(".")
-    out[..., 2 : PROBS_TEXT + 1] = digits[..., 1:]
-    out[..., -4], out[..., -3] = ord("e"), np.where(e < 0, ord("-"), ord("+"))
-    out[..., -2], out[..., -1] = 48 + abs(e) // 10, 48 + abs(e) % 10
-    return out
-
-
-def write_submission(dest, sub: pd.DataFrame, chunk: int = 4096) -> None:
-    """submission.csv: with many probability columns their text is made by probs_text a chunk
-    of rows at a time (pandas formats float by float in Python); otherwise as pandas writes
-    it."""
-    floats = sub.columns[1:]
-    if len(floats) < 16 or not all(pd.api.types.is_float_dtype(sub[c]) for c in floats):
-        write_csv(dest, sub)
-        return
-    ids, values = sub.iloc[:, 0].astype(str).to_numpy(), sub[floats].to_numpy()
-    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
-        f.write((",".join(map(str, sub.columns)) + "\n").encode())
-        for start in range(0, len(sub), chunk):
-            text = probs_text(values[start : start + chunk])
-            cells = np.concatenate([text, np.full((*text.shape[:2], 1), ord(","), np.uint8)], 2)
-            cells[:, -1, -1] = ord("\n")
-            rows = cells.reshape(len(cells), -1)
-            lines = zip(ids[start : start + chunk], rows, strict=True)
-            f.write(b"".join(i.encode() + b"," + r.tobytes() for i, r in lines))

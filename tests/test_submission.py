@@ -202,7 +202,8 @@ def test_whole_number_placeholder_with_named_classes_writes_names():
 
 
 def test_many_probability_columns_are_written_as_six_significant_digits(tmp_path):
-    from pipeline.metrics import probs_text, write_submission
+    from pipeline.files import probs_text
+    from pipeline.files import write_probs_csv as write_submission  # labels.csv too
 
     edge = np.array([0, 1, 0.9999996, 0.5, 0.123456789, 9.9999996e-3, 3.4e-7, 1e-38, 1e-45])
     text = [bytes(t).decode() for t in probs_text(edge.astype(np.float32))]
@@ -219,3 +220,11 @@ def test_many_probability_columns_are_written_as_six_significant_digits(tmp_path
     np.testing.assert_allclose(back[classes], probs.astype(np.float64), rtol=5e-6, atol=0)
     write_submission(tmp_path / "few.csv", sub.iloc[:, :5])  # a few columns: as pandas writes
     assert (tmp_path / "few.csv").read_text() == sub.iloc[:, :5].to_csv(index=False)
+    labels = sub.assign(label=["a, b"] + ["c"] * 8999)[["id", "label", *classes]]  # quoted
+    write_submission(tmp_path / "labels.csv", labels)
+    back = pd.read_csv(tmp_path / "labels.csv", dtype={"id": str})
+    assert back["label"].iloc[0] == "a, b" and back["id"].tolist() == sub["id"].tolist()
+    np.testing.assert_allclose(back[classes], probs.astype(np.float64), rtol=5e-6, atol=0)
+    broken = labels.assign(label=["a\nb"] + ["c"] * 8999)  # a line break: as pandas writes
+    write_submission(tmp_path / "broken.csv", broken)
+    assert (tmp_path / "broken.csv").read_text() == broken.to_csv(index=False)

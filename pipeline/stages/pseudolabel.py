@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import metrics
-from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_csv, write_json
+from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_json, write_probs_csv
 from pipeline.index import Index, encode_labels, fold_rows, read_folds, read_index, read_pool
 from pipeline.params import Pseudo, load_params
 from pipeline.preds import fold_blend, read_preds
@@ -280,7 +280,7 @@ def run(
                 info |= found | {"round": round_, "labeller": by.name}
                 report[f"fold{k}"] = {k_: found[k_] for k_ in ("kept", "kept_extra", "per_class")}
                 print(f"pseudolabel: round {round_}, fold {k}: {kept_line(found, len(index.test))}")
-            write_csv(tmp / f"fold{k}" / "labels.csv", frame)
+            write_probs_csv(tmp / f"fold{k}" / "labels.csv", frame)
             write_json(tmp / f"fold{k}" / "source.json", info)
     if why is not None:
         print(f"pseudolabel: round {round_}: {why}: no pseudolabels, no student trains")

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import metrics
-from pipeline.files import PipelineError, read_json, write_json
+from pipeline.files import PipelineError, read_json, write_json, write_probs_csv
 from pipeline.index import Index, encode_labels, read_index
 from pipeline.params import load_params
 from pipeline.preds import read_probs
@@ -137,7 +137,7 @@ def run(
     """Write the submission from `blend`; with a local solution, score it and `teachers`."""
     index = read_index()
     sub = shaped(index, metric, blend, out)
-    metrics.write_submission(out, sub)
+    write_probs_csv(out, sub)
     kind = index.meta["submission_kind"]
     print(f"submit: {len(sub)} rows, columns {list(sub.columns)[:6]} ({kind}) -> {out}")
     solution = raw / "solution.csv"
