@@ -129,9 +129,12 @@ def fit_weights(stack: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def evaluate(index: Index, metric: str, members: dict[str, Member], mode: str) -> Blend:
+def evaluate(
+    index: Index, metric: str, members: dict[str, Member], mode: str, every: bool = True
+) -> Blend:
     """Blend members (`mode`: equal | fit) and score the OOF blend without peeking: fold k's
-    rows take weights and thresholds chosen on the other folds' rows."""
+    rows take weights and thresholds chosen on the other folds' rows. The report holds every
+    metric that applies, or with `every` false the competition's alone."""
     task = index.meta["task"]
     metrics.check_applies(metric, task)
     targets = encode_labels(index.train["label"], index.classes, task)
@@ -156,7 +159,11 @@ def evaluate(index: Index, metric: str, members: dict[str, Member], mode: str) -
         metrics.tune_thresholds(metric, full, targets) if tuned else np.full(full.shape[1], 0.5)
     )
     test = weighted(members, w_all, "test")
-    report = metrics.report(oof, targets, row_thr)
+    report = (
+        metrics.report(oof, targets, row_thr)
+        if every
+        else {metric: round(metrics.value(metric, oof, targets, row_thr), 6)}
+    )
     return Blend(oof, test, report, thresholds, row_thr, [float(w) for w in w_all])
 
 
@@ -176,7 +183,8 @@ def cv_report(index: Index, metric: str, chosen: dict[str, Member], reported, mo
     """(Blend of `chosen`, cv.json): the blend's CV beside every reported member's own."""
     b = evaluate(index, metric, chosen, mode)
     singles = {
-        n: evaluate(index, metric, {n: m}, "equal").report[metric] for n, m in reported.items()
+        n: evaluate(index, metric, {n: m}, "equal", every=False).report[metric]
+        for n, m in reported.items()
     }
     cv = {"metric": metric, "cv": b.report[metric], **b.report}
     cv["members"] = {n: round(w, 6) for n, w in zip(chosen, b.weights, strict=True)}  # test set
@@ -291,7 +299,7 @@ def rounds_cv(index: Index, p: Params) -> dict[str, float]:
     out = {}
     for r in range(1, p.pseudo.rounds + 1):
         chosen, _ = collect(index, student_members(p, r), p.base.folds, ens.snapshots)
-        out[str(r)] = evaluate(index, metric, chosen, ens.weights).report[metric]
+        out[str(r)] = evaluate(index, metric, chosen, ens.weights, every=False).report[metric]
     return out
 
 
@@ -336,7 +344,7 @@ def per_fold(index: Index, metric: str, fold: np.ndarray, b: Blend) -> np.ndarra
         return thr if np.isscalar(thr) else thr[rows]
 
     return np.array([
-        metrics.report(b.oof[fold == k], targets[fold == k], rows_thr(fold == k))[metric]
+        round(metrics.value(metric, b.oof[fold == k], targets[fold == k], rows_thr(fold == k)), 6)
         for k in np.unique(fold)
     ])  # fmt: skip
 
@@ -365,7 +373,7 @@ def students_summary(index: Index, p: Params, chosen: dict[str, Member], teacher
     """The students' own CV beside the teachers', and where their pseudolabels came from."""
     metric = p.competition.metric
     students = {n: m for n, m in chosen.items() if n.startswith("student")}
-    student = evaluate(index, metric, students, p.ensemble.weights).report[metric]
+    student = evaluate(index, metric, students, p.ensemble.weights, every=False).report[metric]
     out = {"student_cv": student, "student_minus_teacher": round(student - teacher, 6)}
     out["pseudo_source"] = p.pseudo.source
     if p.pseudo.rounds > 1:
