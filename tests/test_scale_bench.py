@@ -1,0 +1,58 @@
+"""benchmarks/scale.py on its smallest competitions: the generated data goes through the real
+stages up to submit, and the table has a row per stage asked for; a process past the memory
+limit is stopped and said to be."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "scale.py"
+N = 200
+
+
+def scale(work: Path, *args: str) -> str:
+    cmd = [sys.executable, str(SCRIPT), "--sizes", str(N), "--folds", "2", "--work", str(work),
+           "--keep", "--timeout", "60", *args]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+def rows(table: str) -> dict[str, list[str]]:
+    """stage -> its cells (C, submission, one per size, the two exponents)."""
+    out = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0] != "stage":
+            out[cells[0]] = cells[1:]
+    return out
+
+
+@pytest.mark.parametrize(("classes", "kind"), [(10, "label"), (3, "probs")])
+def test_ensemble_and_submit_run_on_the_generated_competition(tmp_path, classes, kind):
+    out = scale(tmp_path, "--classes", str(classes), "--kinds", kind,
+                "--stages", "ensemble,submit")  # fmt: skip
+    table = rows(out)
+    assert set(table) == {"ensemble", "submit"}, out
+    for cells in table.values():
+        assert cells[:2] == [str(classes), kind]
+        assert cells[2].endswith(" MiB") and " s / " in cells[2], out  # finished: seconds, RSS
+    proj = tmp_path / f"{N}x{classes}-{kind}" / "proj"
+    sub = pd.read_csv(proj / "submissions" / "submission.csv", dtype=str)
+    assert len(sub) == N and sub["id"].is_unique
+    names = [f"c{k:04d}" for k in range(classes)]
+    assert list(sub.columns) == (["id", "label"] if kind == "label" else ["id", *names])
+    if kind == "label":
+        assert set(sub["label"]) <= set(names) and sub["label"].nunique() > 1
+
+
+def test_a_process_past_the_memory_limit_is_stopped_and_reported(tmp_path):
+    out = scale(tmp_path, "--classes", "3", "--kinds", "label", "--stages", "source",
+                "--mem-limit", "0.1")  # fmt: skip
+    assert rows(out)["source"][2].startswith("killed past 0.1 GiB after"), out
