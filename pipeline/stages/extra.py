@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline import kaggle
@@ -75,13 +74,12 @@ def run(extra: str | None, cfg: Prepare, out: Path = EXTRA) -> dict:
         frame = pd.DataFrame(columns=["id", "path"])
         if extra is not None:
             frame, decode = source_images(extra, tmp, out)
-            stack, bad, meta["images_sha256"] = decode_all(
-                decode, cfg.cache_size, cfg.resize, stage="extra"
+            cache = tmp / "test_images.npy"
+            bad, meta["images_sha256"] = decode_all(
+                decode, cache, cfg.cache_size, cfg.resize, stage="extra"
             )
             if bad:
                 raise unreadable(bad, "pseudo.extra: ")
-            if stack is not None:
-                np.save(tmp / "test_images.npy", stack)
             meta["n_test"] = len(frame)
         write_csv(tmp / "test.csv", frame)
         write_json(tmp / "meta.json", meta)

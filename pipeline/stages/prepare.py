@@ -24,7 +24,6 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -154,10 +153,9 @@ def cache_images(layout: layouts.Layout, decode: list[str], cfg: Prepare, tmp: P
     bad, hashes = [], {}
     n_train = len(layout.train)
     for split, paths in (("train", decode[:n_train]), ("test", decode[n_train:])):
-        stack, broken, hashes[split] = decode_all(paths, cfg.cache_size, cfg.resize)
+        cache = tmp / f"{split}_images.npy"
+        broken, hashes[split] = decode_all(paths, cache, cfg.cache_size, cfg.resize)
         bad += broken
-        if stack is not None:
-            np.save(tmp / f"{split}_images.npy", stack)
     if bad:
         raise unreadable(bad)
     return hashes
