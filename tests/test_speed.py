@@ -36,7 +36,7 @@ def test_cache_is_a_direct_decode_and_resize_and_a_new_size_rebuilds_it(tiny_com
             np.testing.assert_array_equal(cache, direct)  # pixel for pixel
         assert index.meta["cache_size"] == size
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["prepare"]
-    assert "prepare" in stage["params"] and "data/raw" in stage["deps"]  # size or source: rerun
+    assert "prepare" in stage["params"] and "data/raw.json" in stage["deps"]  # size or source
 
 
 @pytest.mark.parametrize(
