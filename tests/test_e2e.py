@@ -154,11 +154,13 @@ def test_two_rounds_each_labelled_by_the_last_rounds_students_of_the_same_fold(p
         weights = r1 / f"models/resnet10t/fold{k}/model.safetensors"
         assert source["round"] == 2 and source["labeller"] == "student"
         assert source["teacher_weights"] == {"resnet10t": sha256(weights)}
-        labels = pd.read_csv(r2 / f"pseudo/fold{k}/labels.csv", dtype={"id": str}).set_index("id")
-        classes = list(labels.columns[2:])
-        preds = read_preds(r1 / f"preds/resnet10t/fold{k}", "test", classes).loc[labels.index]
+        labels = pd.read_csv(r2 / f"pseudo/fold{k}/labels.csv", dtype={"id": str})
+        classes = json.loads((r2 / f"pseudo/fold{k}/targets.json").read_text())["classes"]
+        targets = read_preds(r2 / f"pseudo/fold{k}", "targets", classes)
+        assert targets.index.tolist() == labels["id"].tolist()
+        preds = read_preds(r1 / f"preds/resnet10t/fold{k}", "test", classes).loc[targets.index]
         assert len(labels) == 12  # threshold 0, no cap: every test image, round 1's targets
-        pd.testing.assert_frame_equal(labels[classes], preds, atol=1e-6, check_dtype=False)
+        pd.testing.assert_frame_equal(targets, preds, atol=1e-6, check_dtype=False)
         info = json.loads((r2 / f"models/resnet10t/fold{k}/model.json").read_text())
         assert info["role"] == "student2" and info["init"] == str(weights.relative_to(project.path))
     final = json.loads((project.path / "metrics/final.json").read_text())

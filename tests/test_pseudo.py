@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -282,8 +283,9 @@ def test_ensemble_source_says_it_leaks(workdir, capsys):
     out = capsys.readouterr().out
     assert "leaks validation labels" in out and "optimistic" in out
     blend = read_preds(workdir / "ensemble", "test", CLASSES)
-    labels = pd.read_csv(workdir / "pseudo/fold0/labels.csv").set_index("id")
-    np.testing.assert_allclose(labels[CLASSES], blend.loc[labels.index, CLASSES], atol=1e-6)
+    labels = read_preds(workdir / "pseudo/fold0", "targets", CLASSES)
+    assert len(labels) == len(blend)  # threshold 0: every test image
+    np.testing.assert_allclose(labels, blend.loc[labels.index, CLASSES], atol=1e-6)
 
 
 def test_counts_per_class_kept_and_dropped_are_a_metric(workdir):
@@ -305,8 +307,8 @@ def test_counts_per_class_kept_and_dropped_are_a_metric(workdir):
         pseudo_params(threshold=0.9, soft=False, class_cap=False), ["m"], [0, 1], "accuracy"
     )
     assert hard["fold0"]["kept"] == 4
-    labels = pd.read_csv(workdir / "pseudo/fold0/labels.csv")
-    assert labels[CLASSES].to_numpy().tolist() == [[1.0, 0.0, 0.0]] * 4
+    labels = read_preds(workdir / "pseudo/fold0", "targets", CLASSES)
+    assert labels.to_numpy().tolist() == [[1.0, 0.0, 0.0]] * 4
 
 
 def test_small_test_set_is_warned_about_with_both_numbers(workdir, capsys):
@@ -348,6 +350,22 @@ def test_student_of_fold_k_never_trains_on_fold_k_validation_rows(workdir):
     assert set(test_ids) == set(spec.pseudo["id"]) and not set(test_ids) & set(index.train["id"])
     x, y, w = next(iter(loader))
     assert x.shape[0] == 8 and y.shape == (8, 3) and w.tolist() == [1.0] * 6 + [0.5] * 2
+
+
+def test_a_student_refuses_targets_that_are_not_its_labels_rows(workdir):
+    p = teach(workdir, {"pseudo": {"threshold": 0.0}})
+    spec = train.student_spec(p, "resnet10t", 0)
+    folder = workdir / "pseudo/fold0"
+    assert spec.pseudo.columns.tolist() == ["id", "label", "confidence", *CLASSES]
+    targets = read_preds(folder, "targets", CLASSES)
+    np.testing.assert_allclose(spec.pseudo[CLASSES].to_numpy(), targets.to_numpy())
+    assert Path("pseudo/fold0/targets.npy") in spec.files  # new targets change the resume key
+    write_preds(folder, "targets", targets.index[::-1], targets.to_numpy(), CLASSES)
+    with pytest.raises(PipelineError, match=r"targets.json: its ids are not those of .*labels"):
+        train.student_spec(p, "resnet10t", 0)
+    (folder / "targets.npy").unlink()
+    with pytest.raises(PipelineError, match=r"targets.npy: missing.*dvc repro pseudolabel"):
+        train.student_spec(p, "resnet10t", 0)
 
 
 def test_the_control_student_trains_the_same_epochs_on_labeled_rows_only(workdir, capsys):
@@ -525,6 +543,8 @@ def test_students_scoring_worse_beyond_noise_are_not_submitted_unless_asked(
     if submit_as == "auto":
         assert final["submitted"] == "teacher resnet10t" and final["cv"] == teachers["cv"]
         assert saved["fell_back"] and "submitting the teachers" in out
+        every = ("accuracy", "log_loss", "roc_auc")  # the teachers' full report, not one metric
+        assert {m: saved["report"][m] for m in every} == {m: teachers[m] for m in every}
         assert diagnose.chosen_model(p) == (train.TEACHER, "resnet10t")  # shows what is sent
         for k in (0, 1):  # what predict and train leave for export to bundle
             (workdir / f"preds/resnet10t/fold{k}/tta.json").write_text('{"beta": 1.0}')

@@ -132,6 +132,7 @@ def test_two_runs_give_byte_identical_folds_pseudolabels_and_submission(tmp_path
     for run in ("a", "b"):
         whole_pipeline(tmp_path / run, comp)
     for f in ("folds/folds.csv", "pseudo/fold0/labels.csv", "pseudo/fold1/labels.csv",
+              "pseudo/fold0/targets.npy", "pseudo/fold1/targets.npy","pseudo/fold0/targets.json",
               "submissions/submission.csv", "final/test.npy", "final/test.json"):  # fmt: skip
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     assert len(pd.read_csv(tmp_path / "a/pseudo/fold0/labels.csv")) > 0

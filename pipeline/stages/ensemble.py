@@ -319,14 +319,14 @@ def run_final(
     summary = {"metric": metric, "cv": cv["cv"], "submitted": ", ".join(members)}
     summary["teacher_cv"] = teacher
     if p.pseudo.enabled:
-        summary |= students_summary(index, p, chosen, teacher) | {"control": p.pseudo.control}
+        summary |= students_summary(index, p, chosen, teacher, b) | {"control": p.pseudo.control}
         t_chosen, t_reported = collect(index, teacher_members(p), folds, ens.snapshots)
-        t_blend, t_cv = cv_report(index, metric, t_chosen, t_reported, ens.weights)
+        t_blend = evaluate(index, metric, t_chosen, ens.weights, every=False)  # its metric only
         fold = next(iter(chosen.values())).fold
         why = students_worse(index, metric, fold, b, t_blend)
         summary["students_worse"] = why
-        if why is not None and p.pseudo.submit == "auto":
-            chosen, b, cv = t_chosen, t_blend, t_cv
+        if why is not None and p.pseudo.submit == "auto":  # the teachers' full report after all
+            chosen, (b, cv) = t_chosen, cv_report(index, metric, t_chosen, t_reported, ens.weights)
             summary |= {"cv": cv["cv"], "submitted": ", ".join(t_chosen), "fell_back": why}
     write_blend(index, metric, b, list(chosen), out, out_confusion)
     write_json(out_metrics, {**summary, "report": cv})
@@ -369,11 +369,16 @@ def students_worse(
     )
 
 
-def students_summary(index: Index, p: Params, chosen: dict[str, Member], teacher: float) -> dict:
-    """The students' own CV beside the teachers', and where their pseudolabels came from."""
+def students_summary(
+    index: Index, p: Params, chosen: dict[str, Member], teacher: float, b: Blend
+) -> dict:
+    """The students' own CV beside the teachers', and where their pseudolabels came from (`b`:
+    the blend of `chosen`, which is the students' own unless teachers are blended in)."""
     metric = p.competition.metric
     students = {n: m for n, m in chosen.items() if n.startswith("student")}
-    student = evaluate(index, metric, students, p.ensemble.weights, every=False).report[metric]
+    if len(students) < len(chosen):
+        b = evaluate(index, metric, students, p.ensemble.weights, every=False)
+    student = b.report[metric]
     out = {"student_cv": student, "student_minus_teacher": round(student - teacher, 6)}
     out["pseudo_source"] = p.pseudo.source
     if p.pseudo.rounds > 1:

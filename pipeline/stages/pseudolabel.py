@@ -19,8 +19,9 @@ through thresholds tuned on the other folds' out-of-fold predictions, or the ens
 With `pseudo.extra`, its images (data/extra/, predicted by the same teachers: extra.npy beside
 test.npy) are selected together with the test set, by the same threshold and class cap.
 
-Writes pseudo/fold<k>/labels.csv (id, label, confidence, one target column per class: what the
-student trains on), pseudo/fold<k>/source.json (provenance: source, teachers and the sha256 of
+Writes pseudo/fold<k>/labels.csv (id, label, confidence), pseudo/fold<k>/targets.npy with
+targets.json (one float32 target column per class, rows in labels.csv's order: what the student
+trains on), pseudo/fold<k>/source.json (provenance: source, teachers and the sha256 of
 their weights, settings, counts) and metrics/pseudo.json (kept, dropped and capped per class and
 fold).
 """
@@ -34,10 +35,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline import metrics
-from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_json, write_probs_csv
+from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_csv, write_json
 from pipeline.index import Index, encode_labels, fold_rows, read_folds, read_index, read_pool
 from pipeline.params import Pseudo, load_params
-from pipeline.preds import fold_blend, read_preds
+from pipeline.preds import fold_blend, read_preds, write_preds
 from pipeline.roles import labeller, not_run, pseudo_dir, round_arg
 
 SELECTION = ("enabled", "source", "threshold", "weighting", "class_cap", "soft", "temperature",
@@ -72,12 +73,15 @@ def cap_counts(available: np.ndarray, shares: np.ndarray) -> np.ndarray:
 
 
 def cap_to_shares(pred: np.ndarray, conf: np.ndarray, keep: np.ndarray, shares: np.ndarray):
-    """Keep the most confident images of each class, as many as `cap_counts` allows."""
-    available = np.bincount(pred[keep], minlength=len(shares))
+    """Keep the most confident images of each class, as many as `cap_counts` allows: one sort
+    of the confident images by class, then by confidence (ties in row order)."""
+    rows = np.flatnonzero(keep)
+    order = rows[np.lexsort((-conf[rows], pred[rows]))]
+    cls = pred[order]
+    rank = np.arange(len(order)) - np.searchsorted(cls, cls)  # place within its class
+    n = cap_counts(np.bincount(cls, minlength=len(shares)), shares)
     out = np.zeros_like(keep)
-    for c, n in enumerate(cap_counts(available, shares)):
-        rows = np.flatnonzero(keep & (pred == c))
-        out[rows[np.argsort(-conf[rows], kind="stable")][:n]] = True
+    out[order[rank < n[cls]]] = True
     return out
 
 
@@ -85,10 +89,15 @@ def select(
     probs: np.ndarray, task: str, threshold: float, shares: np.ndarray | None = None
 ) -> np.ndarray:
     """Boolean mask of the kept images: confidence >= threshold, then the class cap if given."""
-    conf = confidence(probs, task)
+    top = None if task == "multi_label" else probs.argmax(1)
+    return kept_rows(confidence(probs, task), top, threshold, shares)
+
+
+def kept_rows(conf: np.ndarray, top: np.ndarray | None, threshold: float, shares) -> np.ndarray:
+    """`select` given each image's confidence and (single-label) top class."""
     keep = conf >= threshold
-    if shares is not None and task != "multi_label":
-        keep = cap_to_shares(probs.argmax(1), conf, keep, shares)
+    if shares is not None and top is not None:
+        keep = cap_to_shares(top, conf, keep, shares)
     return keep
 
 
@@ -104,7 +113,9 @@ def hard_targets(probs: np.ndarray, task: str, thresholds: np.ndarray | None) ->
     """One-hot of the top class; multi-label: the tags over their thresholds (multi-hot)."""
     if task == "multi_label":
         return metrics.decide_tags(probs, 0.5 if thresholds is None else thresholds).astype(float)
-    return np.eye(probs.shape[1])[probs.argmax(1)]
+    out = np.zeros(probs.shape, np.float32)
+    out[np.arange(len(probs)), probs.argmax(1)] = 1
+    return out
 
 
 # --- one fold ------------------------------------------------------------------------------
@@ -115,35 +126,36 @@ def label_frame(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(kept rows: id, label, confidence, targets per class; counts per class: kept, dropped,
     and of those dropped the confident ones the class cap left out)."""
-    p, classes = probs.to_numpy(), list(probs.columns)
+    p, classes, multi = probs.to_numpy(), list(probs.columns), task == "multi_label"
     cut = ps.threshold if ps.weighting == "cut" else 0.0  # confidence: weights instead of a cut
-    keep = select(p, task, cut, shares if ps.class_cap else None)
-    conf, kept = confidence(p, task), p[keep]  # targets of the kept rows only
-    hard = hard_targets(kept, task, thresholds)
-    names = np.array(classes)
-    label = (
-        [" ".join(names[row.astype(bool)]) for row in hard]
-        if task == "multi_label"
-        else names[kept.argmax(1)].tolist()
+    conf, top = confidence(p, task), None if multi else p.argmax(1)
+    keep = kept_rows(conf, top, cut, shares if ps.class_cap else None)
+    kept, names = p[keep], np.array(classes)  # targets of the kept rows only
+    if multi:
+        tags = hard_targets(kept, task, thresholds)
+        label = [" ".join(names[row.astype(bool)]) for row in tags]
+    else:
+        label = names[top[keep]].tolist()
+    targets = soft_targets(kept, task, ps.temperature) if ps.soft else None
+    frame = pd.DataFrame(
+        hard_targets(kept, task, thresholds) if targets is None else targets, columns=classes
     )
-    frame = pd.DataFrame(soft_targets(kept, task, ps.temperature) if ps.soft else hard,
-                         columns=classes)  # fmt: skip
     frame.insert(0, "confidence", conf[keep].round(6))
     frame.insert(0, "label", label)
     frame.insert(0, "id", probs.index.to_numpy()[keep])
-    return frame, class_counts(p, task, thresholds, keep, conf >= cut, classes)
+    return frame, class_counts(p, top, thresholds, keep, conf >= cut, classes)
 
 
-def class_counts(p, task: str, thresholds, keep, confident, classes: list[str]) -> pd.DataFrame:
+def class_counts(p, top, thresholds, keep, confident, classes: list[str]) -> pd.DataFrame:
     """Images per class kept, dropped, and of those dropped the confident ones the class cap
-    left out: single-label by the top class, multi-label by every tag decided on."""
-    if task == "multi_label":
+    left out: single-label by the top class (`top`), multi-label (`top` None) by every tag
+    decided on."""
+    if top is None:
         tags = metrics.decide_tags(p, 0.5 if thresholds is None else thresholds)
 
         def count(rows):
             return tags[rows].sum(0)
     else:
-        top = p.argmax(1)
 
         def count(rows):
             return np.bincount(top[rows], minlength=len(classes))
@@ -280,12 +292,19 @@ def run(
                 info |= found | {"round": round_, "labeller": by.name}
                 report[f"fold{k}"] = {k_: found[k_] for k_ in ("kept", "kept_extra", "per_class")}
                 print(f"pseudolabel: round {round_}, fold {k}: {kept_line(found, len(index.test))}")
-            write_probs_csv(tmp / f"fold{k}" / "labels.csv", frame)
+            write_labels(tmp / f"fold{k}", frame, index.classes)
             write_json(tmp / f"fold{k}" / "source.json", info)
     if why is not None:
         print(f"pseudolabel: round {round_}: {why}: no pseudolabels, no student trains")
     write_json(pseudo_metrics(round_), report | ({} if why is None else {"skipped": why}))
     return report
+
+
+def write_labels(folder: Path, frame: pd.DataFrame, classes: list[str]) -> None:
+    """labels.csv (id, label, confidence: what a person reads) and targets.npy (the class
+    columns, float32: what the student trains on, never printed as text)."""
+    write_csv(folder / "labels.csv", frame[["id", "label", "confidence"]])
+    write_preds(folder, "targets", frame["id"], frame[classes].to_numpy(np.float32), classes)
 
 
 def pseudo_metrics(round_: int) -> Path:

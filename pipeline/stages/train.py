@@ -72,7 +72,7 @@ from pipeline.index import (
 from pipeline.inference import predict_split
 from pipeline.loop import LoopConfig, Phase, accelerator, fit, steps_per_epoch
 from pipeline.params import Params, Pseudo, Train, Tta, load_params
-from pipeline.preds import write_preds
+from pipeline.preds import pred_files, read_probs, write_preds
 from pipeline.roles import PLAIN, TEACHER, Role, write_skips
 
 AUTO_STEPS = 16  # train.batch_size: auto lowers the batch until an epoch has this many steps
@@ -145,13 +145,15 @@ def student_spec(p: Params, name: str, fold: int, round_: int = 1) -> Spec | str
         init = roles.labeller(round_).models / name / f"fold{fold}" / "model.safetensors"
         check_teacher(init, source["teacher_weights"].get(name), folder, round_)
     head = p.head_epochs() if ps.init == "scratch" else 0  # a refined teacher has its head
-    files = (folder / "labels.csv",) if init is None else (folder / "labels.csv", init)
+    files = (folder / "labels.csv", *pred_files(folder, "targets"))
+    files = files if init is None else (*files, init)
     return Spec(roles.student(round_), head, ps.epochs, ps.lr, init, frame, ps, files,
                 pretrained=p.model.pretrained is not False)  # fmt: skip
 
 
 def read_pseudolabels(folder: Path, index: Index, round_: int = 1) -> tuple[pd.DataFrame, dict]:
-    """labels.csv and source.json as pseudolabel wrote them, checked against the index."""
+    """labels.csv (id, label, confidence), targets.npy (one column per class) and source.json as
+    pseudolabel wrote them, checked against the index: one frame, id, label, confidence, classes."""
     labels, source = folder / "labels.csv", folder / "source.json"
     stage = pseudolabel_stage(round_)
     for f in (labels, source):
@@ -161,7 +163,9 @@ def read_pseudolabels(folder: Path, index: Index, round_: int = 1) -> tuple[pd.D
     if not info.get("enabled") or "teacher_weights" not in info:
         raise PipelineError(f"{source}: not written for this round; run `dvc repro {stage}`")
     frame = pd.read_csv(labels, dtype={"id": str, "label": str}, keep_default_na=False)
-    missing = [c for c in ["id", *index.classes] if c not in frame.columns]
+    missing = [c for c in ("id", "label", "confidence") if c not in frame.columns]
+    if not missing:
+        frame = with_targets(frame, folder, index.classes, stage)
     unknown = set(frame["id"]) - set(index.test["id"]) if "id" in frame else set()
     if unknown:  # pseudo.extra's images (data/extra/, read only when needed)
         unknown -= set(read_pool().test["id"])
@@ -173,6 +177,21 @@ def read_pseudolabels(folder: Path, index: Index, round_: int = 1) -> tuple[pd.D
         )
         raise PipelineError(f"{labels}: {what}; run `dvc repro {stage}`")
     return frame, info
+
+
+def with_targets(frame: pd.DataFrame, folder: Path, classes: list[str], stage: str) -> pd.DataFrame:
+    """labels.csv's rows with targets.npy's class columns beside them (the same ids, in order)."""
+    try:
+        ids, targets = read_probs(folder, "targets", classes)
+    except PipelineError as e:
+        raise PipelineError(f"{e}; run `dvc repro {stage}`") from None
+    if not np.array_equal(ids.to_numpy(), frame["id"].to_numpy()):
+        raise PipelineError(
+            f"{folder / 'targets.json'}: its ids are not those of {folder / 'labels.csv'}; run "
+            f"`dvc repro {stage}`"
+        )
+    cols = pd.DataFrame(np.asarray(targets), columns=classes, index=frame.index)
+    return pd.concat([frame[["id", "label", "confidence"]], cols], axis=1)
 
 
 def pseudolabel_stage(round_: int) -> str:
