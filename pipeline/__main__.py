@@ -3,6 +3,7 @@
 python -m pipeline --help
 python -m pipeline train --model resnet10t --fold 0
 python -m pipeline summary        # CV score, local leaderboard score, submission path
+python -m pipeline init SLUG      # a new competition: fetch it, write params.yaml (--path DIR)
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ STAGES = (
     "export",
     "upload",
 )
+
+
+COMMANDS = ("summary", "init")  # not stages: no DVC stage runs them
 
 
 def summary() -> None:
@@ -125,7 +129,7 @@ def line_buffered() -> None:
 
 def main(argv: list[str]) -> int:
     line_buffered()
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in (*STAGES, "summary"):
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in (*STAGES, *COMMANDS):
         print(__doc__.strip() + "\n\nstages: " + ", ".join(STAGES), file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
@@ -160,6 +164,10 @@ def unexpected(e: Exception, stage: str) -> str:
 
 
 def dispatch(argv: list[str]) -> None:
+    if argv[0] == "init":
+        from pipeline import init  # loads the stages it reuses (download, prepare)
+
+        return init.main(argv[1:])
     if argv[0] == "summary":
         argparse.ArgumentParser(prog="python -m pipeline summary",
                                 description="CV, local leaderboard score, submission path, "

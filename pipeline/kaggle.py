@@ -85,11 +85,16 @@ def kaggle_executable() -> str:
 
 
 def _run_cli(
-    args: list[str], competition: str, timeout_s: float | None = None, stream: bool = False
+    args: list[str],
+    competition: str,
+    timeout_s: float | None = None,
+    stream: bool = False,
+    cmd: list[str] | None = None,
 ) -> str:
-    """Run `kaggle ARGS`; return its output, or raise PipelineError explaining the failure.
-    With `stream`, the CLI's download progress is also relayed to stderr as it comes."""
-    cmd = [kaggle_executable(), *args]
+    """Run `kaggle ARGS` (or `cmd`, the same request made through the CLI's Python API); return
+    its output, or raise PipelineError explaining the failure. With `stream`, the CLI's download
+    progress is also relayed to stderr as it comes."""
+    cmd = cmd or [kaggle_executable(), *args]
     try:
         if stream:
             code, out = _streamed(cmd)
@@ -213,6 +218,34 @@ def _secret_values() -> set[str]:
 
 def _contains_secret(text: str) -> bool:
     return any(secret in text for secret in _secret_values())
+
+
+# ---- metadata --------------------------------------------------------------------------------
+
+# `kaggle competitions list` prints no evaluation metric; the API it calls returns one
+METADATA = """
+import json, sys
+from kaggle.api.kaggle_api_extended import KaggleApi
+api = KaggleApi()
+api.authenticate()
+found = api.competitions_list(search=sys.argv[1]).competitions or []
+for c in found:
+    if c.ref.rstrip("/").rsplit("/", 1)[-1] == sys.argv[1]:
+        print(json.dumps({"title": c.title, "metric": c.evaluation_metric}))
+"""
+
+
+def competition_metadata(competition: str, timeout_s: float = 120) -> dict[str, str]:
+    """{"title", "metric"}: the competition's title and Kaggle's name of its evaluation metric."""
+    args = ["competitions", "list", "-s", competition]
+    cmd = [sys.executable, "-c", METADATA, competition]
+    out = _run_cli(args, competition, timeout_s, cmd=cmd).strip()
+    if not out:
+        raise PipelineError(
+            f"Kaggle has no competition '{competition}' (not in `kaggle competitions list -s "
+            f"{competition}`): check the slug against https://www.kaggle.com/competitions"
+        )
+    return json.loads(out.splitlines()[-1])
 
 
 # ---- download --------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ class FakeCompetition:
     statuses: list[str] = field(default_factory=lambda: ["PENDING", "COMPLETE"])
     public_score: str = "0.91234"
     echo_auth: bool = False  # answer 500 with the caller's credentials in the message
+    title: str = "A fake competition"
+    metric: str = "Categorization Accuracy"  # Kaggle's name of the evaluation metric
 
 
 @dataclass
@@ -279,6 +281,17 @@ class FakeKaggle:
         self.datasets[ref].append(FakeDatasetVersion(body, files))
         url = f"https://www.kaggle.com/datasets/{ref}"
         return 200, {"ref": ref, "url": url, "status": "ok", "error": ""}, {}
+
+    def _account_ListCompetitions(self, body: dict) -> tuple:
+        """The listing `kaggle competitions list -s TEXT` (and init's metadata) reads: each
+        competition whose slug holds the text, with its title and evaluation metric."""
+        found = [
+            {"ref": f"https://www.kaggle.com/competitions/{name}", "title": comp.title,
+             "evaluationMetric": comp.metric, "category": "Featured"}
+            for name, comp in self.competitions.items()
+            if body.get("search", "") in name
+        ]  # fmt: skip
+        return 200, {"competitions": found}, {}
 
     def _account_SaveKernel(self, body: dict) -> tuple:
         ref = body.get("slug", "")
