@@ -192,9 +192,14 @@ def write_probs_csv(dest: str | Path, frame: pd.DataFrame, chunk: int = 4096) ->
     in Python); otherwise, or when a text cell holds a line break, as pandas writes it."""
     floats = [pd.api.types.is_float_dtype(frame[c]) for c in frame.columns]
     lead = floats.index(True) if True in floats else len(floats)
-    heads = frame.iloc[:, :lead].to_csv(header=False, index=False, lineterminator="\n")
-    heads = heads.split("\n")[:-1]
     few = len(floats) - lead < MANY_PROBS or not all(floats[lead:])
+    heads = (
+        []
+        if lead == 0 or few
+        else frame.iloc[:, :lead]
+        .to_csv(header=False, index=False, lineterminator="\n")
+        .split("\n")[:-1]
+    )
     if lead == 0 or few or len(heads) != len(frame):  # len: a line break inside a text cell
         write_csv(dest, frame)
         return

@@ -73,7 +73,7 @@ def read_member(index: Index, fold_dirs: dict[int, list[Path]], suffix: str = ""
     for k, dirs in fold_dirs.items():
         ids, probs = mean_preds([(d, f"oof{suffix}") for d in dirs], index.classes)
         rows = train_ids.get_indexer(ids)
-        if (rows < 0).any() or (fold[rows] >= 0).any() or len(np.unique(rows)) < len(rows):
+        if (rows < 0).any() or (fold[rows] >= 0).any():  # mean_preds: each id once a file
             raise not_covered(fold_dirs)
         oof[rows], fold[rows] = probs, k
         test += mean_preds([(d, f"test{suffix}") for d in dirs], index.classes, test_ids)[1]
