@@ -171,6 +171,20 @@ def image_stats(layout: layouts.Layout, seed: int) -> dict:
     return {"sides": np.array(sides), "modes": modes, "tiff": tiff, "n": len(pick)}
 
 
+def evidence(stats: dict) -> str:
+    """Sizes, aspect ratios, channels and bit depth of the sampled images, in one line."""
+    sides, modes = stats["sides"], stats["modes"]
+    short, aspect = sides.min(1), sides[:, 0] / sides[:, 1]
+    w, h = np.median(sides, 0)
+    depth = "16-bit" if any(m.startswith("I;16") or m == "I" for m in modes) else "8-bit"
+    channels = "one channel" if one_channel(modes) else "colour"
+    return (
+        f"{stats['n']} images: median {w:.0f}x{h:.0f} px, shorter side {short.min()}-"
+        f"{short.max()} px, width/height {aspect.min():.2f}-{aspect.max():.2f}, {channels} "
+        f"({', '.join(sorted(modes))}), {depth}"
+    )
+
+
 def one_channel(modes: Counter) -> bool:
     return set(modes) <= {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
@@ -187,8 +201,7 @@ def image_decisions(stats: dict, gpu: bool, slug: str, pretrained) -> list[Decis
     overhead = stats["tiff"] or any(word in slug.lower() for word in OVERHEAD)
     flips = "none" if glyph else "all" if overhead else "horizontal"
     wide = float(np.median(np.abs(np.log(sides[:, 0] / sides[:, 1])))) > math.log(1.25)
-    seen = (f"median {w:.0f}x{h:.0f} px over {stats['n']} images, modes "
-            f"{dict(modes.most_common(3))}")  # fmt: skip
+    seen = evidence(stats)
     machine = "a GPU" if gpu else f"no GPU (at most {CPU_MAX_SIZE} px)"
     out = [
         Decision("base.image_size", size, f"{seen}; {machine}"),

@@ -156,15 +156,38 @@ def fake(proj, monkeypatch):
         yield server
 
 
-def test_init_from_kaggle_takes_the_metric_from_the_competitions_metadata(fake, proj):
+KAGGLE = {  # layout fixture -> (slug, Kaggle's name of its metric, ours)
+    "csv": ("aptos2019-blindness-detection", "Quadratic Weighted Kappa", "qwk"),
+    "class_folders": ("plant-seedlings-classification", "MeanFScoreBeta", None),
+    "filename_labels": ("dogs-vs-cats-redux-kernels-edition", "Log Loss", "log_loss"),
+    "pixels_csv": ("digit-recognizer", "Categorization Accuracy", "accuracy"),
+    "multi_label": ("planet-understanding-the-amazon-from-space", "Mean F2-Score", "f2_samples"),
+}
+
+
+@pytest.mark.parametrize("name", list(lf.LAYOUTS))
+def test_init_from_kaggle_takes_the_metric_from_the_competitions_metadata(fake, proj, name):
+    slug, kaggle_name, ours = KAGGLE[name]
+    fake.add_competition(slug, bundle(lf.LAYOUTS[name]), metric=kaggle_name)
+    report = init.run(slug, None, pretrained=False)
+    p = load_params()
+    assert (p.competition.source, p.competition.name, p.competition.path) == ("kaggle", slug, None)
+    assert p.competition.layout == EXPECTED[name][0] and p.competition.task == EXPECTED[name][1]
+    assert p.competition.metric == (ours or "accuracy")  # unknown: left as the file had it
+    said = f"Kaggle's evaluation metric is '{kaggle_name}'" if ours else "UNKNOWN METRIC"
+    assert said in report and "ListCompetitions" in fake.api_calls()
+    assert p.augment.flips == ("all" if name == "multi_label" else EXPECTED[name][4])  # planet
+
+
+def test_a_kaggle_probs_submission_gets_the_log_loss_kaggle_names(fake, proj):
     fake.add_competition("dog-breed-identification", bundle(lf.dog_breed),
                          metric="Multi Class Log Loss")  # fmt: skip
     report = init.run("dog-breed-identification", None, pretrained=False)
     p = load_params()
-    assert (p.competition.source, p.competition.name) == ("kaggle", "dog-breed-identification")
     assert p.competition.metric == "log_loss" and p.competition.submission == "probs"
     assert "Kaggle's evaluation metric is 'Multi Class Log Loss'" in report
-    assert "ListCompetitions" in fake.api_calls()
+    seen = "16 images: median 12x12 px, shorter side 12-12 px, width/height 1.00-1.00, colour (RGB)"
+    assert f"{seen}, 8-bit" in report
 
 
 def test_an_unknown_kaggle_metric_is_reported_not_guessed(fake, proj):
