@@ -79,8 +79,8 @@ def trainer_ratio(model: str, size: int, batch: int, tmp: Path) -> float:
 
 
 def loader_ratio(trainers: dict[str, float], size: int, batch: int, tmp: Path) -> None:
+    from pipeline import batches, specs
     from pipeline.index import read_index
-    from pipeline.stages import train
 
     work = tmp / "loader"
     write_prepared(work, n_train=2048, size=size)
@@ -91,8 +91,8 @@ def loader_ratio(trainers: dict[str, float], size: int, batch: int, tmp: Path) -
         index = read_index()
         net = timm.create_model("resnet10t", num_classes=3)
         gpu = torch.cuda.is_available()  # as the stage runs there: pinned memory, workers
-        d = train.fold_data(p, index, net, 0, Accelerator(cpu=not gpu))  # gpu.py made one
-        make = train.train_loaders(p, train.teacher_spec(p), d, 0)
+        d = batches.fold_data(p, index, net, 0, Accelerator(cpu=not gpu))  # gpu.py made one
+        make = batches.train_loaders(p, specs.teacher_spec(p), d, 0)
         best = 0.0
         for epoch in range(3):
             start, seen = time.perf_counter(), 0

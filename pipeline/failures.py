@@ -100,7 +100,7 @@ def rebuild(path: str) -> str:
 def producer(path: str) -> str | None:
     """The dvc.yaml stage (as `dvc repro` names it: train@resnet10t-0) whose outputs hold path."""
     try:
-        import yaml
+        import yaml  # here: only on a failure that names a file
 
         stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
     except (OSError, ValueError, KeyError, TypeError, ImportError):

@@ -52,6 +52,14 @@ def full_disk(e: Exception, dest: Path) -> OSError | None:
     return None
 
 
+def _raise_if_full(e: Exception, dest: Path) -> None:
+    """Raise full_disk's error for a failed write into `dest` when it has one (the caller then
+    re-raises `e` itself); called before the temporary is removed."""
+    full = full_disk(e, dest)
+    if full is not None:
+        raise full from e
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success move it to `dest`, on error delete it."""
@@ -66,9 +74,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
             os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, dest)
     except Exception as e:
-        full = full_disk(e, dest)
-        if full is not None:
-            raise full from e
+        _raise_if_full(e, dest)
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -87,9 +93,7 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
             shutil.rmtree(dest)
         os.replace(tmp, dest)
     except Exception as e:
-        full = full_disk(e, dest)
-        if full is not None:
-            raise full from e
+        _raise_if_full(e, dest)
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import model
-from pipeline.data import build_transforms, split_dataset
+from pipeline.data import split_dataset
 from pipeline.index import Index
-from pipeline.loop import probabilities
 from pipeline.params import Tta
 from pipeline.preds import mean_probs
 from pipeline.progress import progress
+from pipeline.steps import probabilities
+from pipeline.transforms import build_transforms
 
 
 def _shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:

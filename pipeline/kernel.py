@@ -26,7 +26,7 @@ import yaml
 from pipeline.files import PipelineError, read_json, write_json, write_probs_csv
 from pipeline.index import Index, read_index
 from pipeline.params import Params, parse_params
-from pipeline.preds import mean_preds, write_preds
+from pipeline.preds import blend_tta, mean_preds, weighted_mean, write_preds
 
 BUNDLE = "bundle.json"
 
@@ -49,10 +49,9 @@ def check_classes(index: Index, spec: dict) -> None:
 
 def fold_test(bundle: Path, entry: dict, index: Index, p: Params, out: Path) -> None:
     """One fold model's test predictions, as its predict stage blends them, into out/."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # here: torch only once the notebook predicts
 
     from pipeline.inference import load_model, predict_split
-    from pipeline.stages.predict import blend_tta
 
     net, info, device = load_model(bundle / entry["dir"])  # as predict loads it
     if entry.get("weights"):  # an SGDR snapshot of that model
@@ -64,7 +63,7 @@ def fold_test(bundle: Path, entry: dict, index: Index, p: Params, out: Path) -> 
 
 
 def _augment(info: dict):
-    from pipeline.params import Augment
+    from pipeline.params import Augment  # here: torch only once the notebook predicts
 
     return Augment(**info["augment"]) if info.get("augment") else None
 
@@ -83,6 +82,7 @@ def member_test(bundle: Path, member: dict, index: Index, p: Params, work: Path)
 
 
 def run(bundle: Path, competition: Path, work: Path, out: Path) -> pd.DataFrame:
+    # here: torch only once the notebook predicts
     from pipeline.stages import download, prepare, submit
 
     bundle, competition, out = bundle.resolve(), competition.resolve(), out.resolve()
@@ -96,8 +96,11 @@ def run(bundle: Path, competition: Path, work: Path, out: Path) -> pd.DataFrame:
     check_classes(index, spec)
     members = [member_test(bundle, m, index, p, work) for m in spec["members"]]
     weights = np.array([m["weight"] for m in spec["members"]])
-    test = pd.DataFrame(np.tensordot(weights, np.stack([m.to_numpy() for m in members]), 1),
-                        index=members[0].index, columns=index.classes)  # fmt: skip
+    test = pd.DataFrame(
+        weighted_mean([m.to_numpy() for m in members], weights),
+        index=members[0].index,
+        columns=index.classes,
+    )  # as ensemble blends
     final = work / "final"
     final.mkdir(exist_ok=True)
     write_preds(final, "test", test.index, test.to_numpy(), index.classes)

@@ -52,7 +52,7 @@ def find_competition() -> Path:
 def main() -> int:
     bundle = unpacked(find_bundle())
     sys.path.insert(0, str(bundle))
-    import pipeline
+    import pipeline  # here: after the bundle's folder is on sys.path
     from pipeline.kernel import main as run
 
     print(f"pipeline package: {Path(pipeline.__file__).parent}")

@@ -26,6 +26,8 @@ from pipeline.files import PipelineError
 
 SINGLE, MULTI = "single_label", "multi_label"
 EPS = 1e-15  # Kaggle clips probabilities to [EPS, 1 - EPS] before taking logs
+# float32 probabilities blended as logits (tta.combine: logits): 1 - 1e-15 rounds to 1 in float32
+LOGIT_EPS = 1e-7
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)  # candidates per class when tuning
 
 
@@ -85,6 +87,15 @@ def _accuracy(probs, targets, thresholds) -> float:
     """Single-label: share of argmax hits. Multi-label: exact-match (subset) accuracy."""
     pred, true = _decisions(probs, targets, thresholds)
     return float((pred == true).all(1).mean())
+
+
+def row_log_loss(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Each row's log loss, probabilities clipped to [EPS, 1 - EPS]: -log p of its class, or for
+    multi-label the mean binary cross-entropy over its classes."""
+    p = np.clip(probs, EPS, 1 - EPS)
+    if targets.ndim == 2:
+        return -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean(1)
+    return -np.log(p[np.arange(len(p)), targets.astype(int)])
 
 
 def _log_loss(probs, targets, thresholds) -> float:

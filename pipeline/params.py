@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,6 +21,7 @@ from pydantic import (
 )
 
 from pipeline.files import PipelineError
+from pipeline.params_errors import error_message, read_yaml
 
 Count = Annotated[int, Field(ge=0)]  # epochs, workers, attempts: zero allowed
 Size = Annotated[int, Field(ge=1)]  # batch sizes, steps, cycle lengths
@@ -425,52 +425,15 @@ class Params(Section):
                 )
 
 
-def _where(loc: tuple) -> str:
-    """The params key of an error location, without pydantic's union-branch names."""
-    parts, model = [], Params
-    for item in loc:
-        fields = getattr(model, "model_fields", {})
-        if isinstance(item, str) and item in fields:
-            parts.append(item)
-            model = fields[item].annotation
-        elif isinstance(item, int) and parts:
-            parts.append(str(item))  # position in a list
-        else:
-            if fields and isinstance(item, str):
-                parts.append(item)  # a key the section does not have
-            break
-    return ".".join(parts)
-
-
 def parse_params(raw: object, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise PipelineError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            key = _where(err["loc"])
-            if not key:  # a rule across sections
-                lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
-            elif err["type"] == "extra_forbidden":
-                lines.append(f"{source}: unknown key '{key}'")
-            elif err["type"] == "missing":
-                lines.append(f"{source}: missing key '{key}'")
-            else:
-                msg = err["msg"].removeprefix("Value error, ")
-                lines.append(f"{source}: key '{key}': {msg} (got {err['input']!r})")
-        # a union (e.g. a number or "auto") fails once per branch: say each only once
-        raise PipelineError("\n".join(dict.fromkeys(lines))) from None
+        raise PipelineError(error_message(e, Params, source)) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
-    if not path.exists():
-        raise PipelineError(f"{path}: not found (run from the project folder)")
-    with open(path) as f:
-        try:
-            raw = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise PipelineError(f"{path}: not valid YAML: {e}") from None
-    return parse_params(raw, str(path))
+    return parse_params(read_yaml(path), str(path))

@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.files import PipelineError, atomic_path, read_json, write_json
-
-EPS = 1e-7
+from pipeline.metrics import LOGIT_EPS
 
 
 def pred_files(folder: Path, name: str) -> tuple[Path, Path]:
@@ -94,9 +93,46 @@ def mean_probs(probs: list[np.ndarray], combine: str, task: str) -> np.ndarray:
     """Average probability arrays, or their logits (`combine: logits`) and map back."""
     if combine == "probs" or len(probs) == 1:
         return np.mean(probs, 0)
-    p = np.clip(np.stack(probs), EPS, 1 - EPS)
+    p = np.clip(np.stack(probs), LOGIT_EPS, 1 - LOGIT_EPS)
     if task == "multi_label":
         return 1 / (1 + np.exp(-np.log(p / (1 - p)).mean(0)))
     z = np.log(p).mean(0)  # log-softmax differs from the logits by a constant per row
     z = np.exp(z - z.max(1, keepdims=True))
     return z / z.sum(1, keepdims=True)
+
+
+def weighted_mean(arrays: list[np.ndarray], w) -> np.ndarray:
+    """The arrays weighted by `w` (summing to one), in float32: one array beside theirs (an
+    array alone is its own). What the ensemble blends its members with, and the kernel too."""
+    if len(arrays) == 1:
+        return arrays[0]
+    out = np.zeros_like(arrays[0])
+    for wi, a in zip(w, arrays, strict=True):
+        out += np.float32(wi) * a
+    return out
+
+
+def blend_tta(outs: dict[str, np.ndarray], beta: float, combine: str, task: str) -> np.ndarray:
+    """beta * plain + (1 - beta) * the mean over every other view (plain alone without views)."""
+    views = [a for v, a in outs.items() if v != "plain"]
+    if not views:
+        return outs["plain"]
+    return beta * outs["plain"] + (1 - beta) * mean_probs(views, combine, task)
+
+
+def read_thresholds(path: Path, classes: list[str]) -> np.ndarray | None:
+    """The blend's per-class thresholds (None: not multi-label), one for every class."""
+    if not path.exists():
+        raise PipelineError(f"{path}: missing; run `dvc repro ensemble` first")
+    tuned = read_json(path).get("thresholds")
+    if tuned is None:
+        return None
+    missing = [c for c in classes if c not in tuned]
+    if missing:
+        stage = "ensemble_final" if path.parent.name == "final" else "ensemble"
+        raise PipelineError(
+            f"{path}: no threshold for class {missing[0]!r} ({len(missing)} of {len(classes)} "
+            f"classes missing): it was tuned for other classes than data/prepared/meta.json "
+            f"lists; rerun `dvc repro {stage}`"
+        )
+    return np.array([tuned[c] for c in classes])

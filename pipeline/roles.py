@@ -20,7 +20,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.files import atomic_dir, read_json, write_json
+from pipeline.files import PipelineError, atomic_dir, read_json, write_json
 from pipeline.params import MAX_ROUNDS, Params, Pseudo, load_params
 
 SKIPPED = "skipped.json"
@@ -142,3 +142,41 @@ def parse_stage(stage: str, argv: list[str]) -> argparse.Namespace:
     if a.round > 1 and not a.student:
         ap.error(f"--round {a.round} is a students' round: add --student")
     return a
+
+
+def flag_and_params(stage: str, flag: str, what: str, argv: list[str]) -> tuple[bool, Params]:
+    """(Whether `--flag` was given, params.yaml): the command line of a stage with one switch."""
+    ap = argparse.ArgumentParser(prog=f"python -m pipeline {stage}")
+    ap.add_argument(f"--{flag}", action="store_true", help=what)
+    return getattr(ap.parse_args(argv), flag), load_params()
+
+
+# --- what the final ensemble blends ---------------------------------------------------------
+
+
+def teacher_members(p: Params) -> dict[str, Path]:
+    return {f"teacher {n}": TEACHER.preds / n for n in p.train.backbones}
+
+
+def student_members(p: Params, round_: int) -> dict[str, Path]:
+    """Round `round_`'s students, each trained (a skipped one is refused, naming its folder)."""
+    role = student(round_)
+    students = {  # a student's folder is named by its teacher; its label names its backbone
+        f"student {s}" + ("" if s == t else f" of {t}"): role.preds / t
+        for t, s in p.students().items()
+    }
+    for folder in students.values():
+        for k in p.base.folds:
+            why = skipped(folder / f"fold{k}")
+            if why is not None:
+                raise PipelineError(f"{folder}/fold{k}: {why}; run `dvc repro` first")
+    return students
+
+
+def final_members(p: Params) -> dict[str, Path]:
+    """What the submission blends: the last round's students (+ teachers), or the teachers."""
+    teachers = teacher_members(p)
+    if not p.pseudo.enabled:
+        return teachers
+    students = student_members(p, p.pseudo.rounds)
+    return {**students, **teachers} if p.pseudo.blend_teachers else students

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 
+# Adam's beta1 under 1cycle: high where the LR is low, low at its peak (fastai's values)
+MOM_MAX, MOM_MIN = 0.95, 0.85
+
 
 def _cos(start: float, end: float, pct: float) -> float:
     """Cosine interpolation from start (pct=0) to end (pct=1)."""
@@ -27,7 +30,7 @@ def one_cycle_lr(
 
 
 def one_cycle_momentum(
-    step: int, total: int, pct_start: float, mom_max: float = 0.95, mom_min: float = 0.85
+    step: int, total: int, pct_start: float, mom_max: float = MOM_MAX, mom_min: float = MOM_MIN
 ) -> float:
     """Momentum moves opposite to the LR: mom_max -> mom_min during warm-up, then back."""
     warm = max(1, round(total * pct_start))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import signal
@@ -35,6 +36,8 @@ import threading
 import time
 from pathlib import Path
 
+from pipeline.source import PACKAGE, source_chunks
+
 WARM = ("download", "prepare", "extra", "folds", "train", "predict", "ensemble", "pseudolabel",
         "diagnose", "report", "submit", "export")  # fmt: skip
 LIGHT = ("download", "prepare", "extra")  # first in the graph, quick cold: they do not wait for a
@@ -42,7 +45,6 @@ LIGHT = ("download", "prepare", "extra")  # first in the graph, quick cold: they
 # folds, next, is ready sooner by waiting: its own imports (scikit-learn) take 4 s cold
 SHAPING_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTHONPATH")
 IDLE_S, START_S = 60.0, 90.0
-PACKAGE = Path(__file__).resolve().parent
 
 
 def wanted(argv: list[str]) -> bool:
@@ -60,8 +62,8 @@ def wanted(argv: list[str]) -> bool:
 
 def socket_path() -> Path:
     h = hashlib.sha256(f"{sys.executable}\0{PACKAGE}".encode())
-    for f in sorted(PACKAGE.rglob("*.py")):
-        h.update(f.relative_to(PACKAGE).as_posix().encode() + f.read_bytes())
+    for chunk in source_chunks():
+        h.update(chunk)
     h.update(json.dumps({k: os.environ.get(k) for k in SHAPING_ENV}).encode())
     folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"pipeline-warm-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
@@ -178,8 +180,6 @@ def serve(path: Path) -> None:
 
 
 def _import_stages() -> None:
-    import importlib
-
     for stage in WARM:  # torch, timm, albumentations, accelerate, pandas, scikit-learn
         importlib.import_module(f"pipeline.stages.{stage}")
     with contextlib.suppress(ImportError):
@@ -214,7 +214,7 @@ def _fork_child(conn: socket.socket, listener: socket.socket) -> None:
     threading.Thread(target=_die_with_client, args=(conn,), daemon=True).start()
     code = 1
     try:
-        from pipeline.__main__ import main
+        from pipeline.cli import main  # here: the server imports it in its child only
 
         sys.argv = ["python -m pipeline", *request["argv"]]
         code = main(request["argv"])

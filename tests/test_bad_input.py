@@ -25,7 +25,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
-from pipeline import __main__ as cli
+from pipeline import cli
 from pipeline.index import read_index
 from tests.conftest import ROOT, TINY_PARAMS, merge, write_csv_competition
 

@@ -26,8 +26,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import __main__ as cli
-from pipeline import warm
+from pipeline import cli, warm
 from pipeline.index import read_index
 from pipeline.preds import write_preds
 from tests.conftest import CLASSES, ROOT, tiny_params
@@ -297,8 +296,8 @@ def test_a_local_solution_with_an_unseen_class_scores_the_other_rows(blended, ca
 def test_a_reader_that_leaves_early_gets_no_error_line(tmp_path):
     """`python -m pipeline summary | head -1`: the command stops quietly, as any tool does."""
     script = (
-        "import sys; from pipeline import __main__ as m; "
-        "m.dispatch = lambda argv: [print('line', i) for i in range(10**6)]; "
+        "import sys; from pipeline import cli as m; "
+        "m.dispatch = lambda *a: [print('line', i) for i in range(10**6)]; "
         "sys.exit(m.main(['summary']))"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,

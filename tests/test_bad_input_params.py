@@ -15,7 +15,7 @@ import pytest
 import yaml
 from accelerate import Accelerator
 
-from pipeline import kernel
+from pipeline import batches, kernel, roles, specs
 from pipeline.params import parse_params
 from pipeline.preds import has_preds
 from pipeline.roles import STUDENT
@@ -127,7 +127,7 @@ def test_a_scratch_student_of_another_backbone_lives_in_its_teachers_folder(work
     members = ensemble.final_members(p)
     assert members == {"student test_resnet of resnet10t": STUDENT.preds / "resnet10t"}
     with pytest.raises(Exception, match=r"--model test_resnet --student: a student is named by"):
-        train.backbone(p, "test_resnet", True)
+        specs.backbone(p, "test_resnet", True)
 
 
 # --- item 14: the exported kernel's probabilities are predict's -----------------------------
@@ -157,34 +157,34 @@ def test_epoch_steps_are_the_loaders_steps():
     for rows, batch, ratio in ((3660, 64, 3.0), (100, 8, 2.0), (97, 16, 4.0), (3660, 64, None),
                                (7, 16, None), (49, 16, 3.0)):  # fmt: skip
         pseudo = None if ratio is None else pd.DataFrame({"id": [f"te{i}" for i in range(50)]})
-        spec = train.Spec(STUDENT if ratio else train.TEACHER, 0, 3, 0.002, None, pseudo,
+        spec = specs.Spec(STUDENT if ratio else roles.TEACHER, 0, 3, 0.002, None, pseudo,
                           p.pseudo.model_copy(update={"ratio": ratio or 3.0}))  # fmt: skip
         d = fold(rows, batch)
-        made = train.epoch_batches(p, spec, d, 0, 0, 3)
-        assert train.epoch_steps(rows, batch, ratio) == len(made), (rows, batch, ratio)
+        made = batches.epoch_batches(p, spec, d, 0, 0, 3)
+        assert batches.epoch_steps(rows, batch, ratio) == len(made), (rows, batch, ratio)
 
 
-def fold(rows: int, batch: int) -> train.FoldData:
-    return train.FoldData(None, "single_label", np.arange(rows), np.arange(0), np.zeros(rows, int),
-                          32, [32], batch, {}, 0, False)  # fmt: skip
+def fold(rows: int, batch: int) -> batches.FoldData:
+    return batches.FoldData(None, "single_label", np.arange(rows), np.arange(0),
+                            np.zeros(rows, int), 32, [32], batch, {}, 0, False)  # fmt: skip
 
 
 def test_a_scratch_student_at_ratio_3_is_not_warned_after_auto_chose_its_batch(capsys):
     """3660 labeled rows, 3 epochs from scratch at 1:3: auto picks 64 (48 labeled + 16 pseudo, 77
     steps an epoch, 231 in all); the warning once counted 3660 // 64 = 57 steps, 171 in all."""
     p = parse_params(tiny_params({"pseudo": {"init": "scratch", "ratio": 3}}))
-    assert train.batch_size("auto", 3660, ratio=3, epochs=3) == 64
-    assert train.epoch_steps(3660, 64, 3) == 77 and train.epoch_steps(3660, 64) == 57
+    assert batches.batch_size("auto", 3660, ratio=3, epochs=3) == 64
+    assert batches.epoch_steps(3660, 64, 3) == 77 and batches.epoch_steps(3660, 64) == 57
     pseudo = pd.DataFrame({"id": ["te0"]})
-    spec = train.Spec(STUDENT, 0, 3, 0.002, None, pseudo, p.pseudo)
+    spec = specs.Spec(STUDENT, 0, 3, 0.002, None, pseudo, p.pseudo)
     acc = Accelerator(cpu=True)
-    train.check_steps(spec, fold(3660, 64), acc)
+    batches.check_steps(spec, fold(3660, 64), acc)
     assert "warning" not in capsys.readouterr().out
-    train.check_steps(spec, fold(2000, 64), acc)  # 42 steps an epoch, 126 in all
+    batches.check_steps(spec, fold(2000, 64), acc)  # 42 steps an epoch, 126 in all
     out = capsys.readouterr().out
     assert "warning: 126 optimizer steps in all (42 per epoch at batch 64 (48 labeled)" in out
-    teacher = train.Spec(train.TEACHER, 0, 3, 0.004)
-    train.check_steps(teacher, fold(2000, 64), acc)  # 31 steps of 64 an epoch
+    teacher = specs.Spec(roles.TEACHER, 0, 3, 0.004)
+    batches.check_steps(teacher, fold(2000, 64), acc)  # 31 steps of 64 an epoch
     assert "warning: 93 optimizer steps in all (31 per epoch at batch 64 for 2000" in (
         capsys.readouterr().out)  # fmt: skip
 
@@ -194,11 +194,11 @@ def test_a_scratch_student_at_ratio_3_is_not_warned_after_auto_chose_its_batch(c
 
 def test_run_seeds_never_collide():
     runs = [(s, k, r) for s in range(200) for k in range(10) for r in ("teacher", "student")]
-    seeds = {train.run_seed(s, k, r, "init") for s, k, r in runs}
+    seeds = {batches.run_seed(s, k, r, "init") for s, k, r in runs}
     assert len(seeds) == len(runs)  # seed 42 fold 1 is no longer seed 43 fold 0
-    streams = {train.run_seed(42, 1, "teacher", st, e) for st in train.SEED_STREAMS
+    streams = {batches.run_seed(42, 1, "teacher", st, e) for st in batches.SEED_STREAMS
                for e in range(50)}  # fmt: skip
-    assert len(streams) == len(train.SEED_STREAMS) * 50
+    assert len(streams) == len(batches.SEED_STREAMS) * 50
 
 
 def test_a_resumed_run_draws_what_an_unkilled_run_draws(workdir, monkeypatch):
@@ -206,13 +206,13 @@ def test_a_resumed_run_draws_what_an_unkilled_run_draws(workdir, monkeypatch):
     would): the resumed run's draws in epochs 2 and 3 equal the unkilled run's, gauss()'s
     spare value included."""
     draws: list[tuple[int, float]] = []
-    real = train.epoch_dataset
+    real = batches.epoch_dataset
 
     def drawing(p, spec, d, fold, epoch, total):
         draws.append((epoch, random.gauss(0.0, 1.0)))
         return real(p, spec, d, fold, epoch, total)
 
-    monkeypatch.setattr(train, "epoch_dataset", drawing)
+    monkeypatch.setattr(batches, "epoch_dataset", drawing)
     p = parse_params(tiny_params({"train": {"epochs": 3}}))
     train.run(p, "resnet10t", 0)
     unkilled = [x for x in draws if x[0] > 0]
@@ -232,7 +232,7 @@ def test_a_resumed_run_draws_what_an_unkilled_run_draws(workdir, monkeypatch):
 @pytest.mark.parametrize(("pretrained", "head"), [(False, 0), (True, 1), ("w.safetensors", 1)])
 def test_head_epochs_auto_fits_a_new_head_first_only_on_pretrained_weights(pretrained, head):
     p = parse_params(tiny_params({"model": {"pretrained": pretrained}, "head": {"epochs": "auto"}}))
-    assert p.head_epochs() == head and train.teacher_spec(p).head_epochs == head
+    assert p.head_epochs() == head and specs.teacher_spec(p).head_epochs == head
     assert parse_params(tiny_params({"head": {"epochs": 2}})).head_epochs() == 2
 
 
@@ -241,8 +241,8 @@ def test_fine_tuning_pretrained_weights_has_no_step_floor(capsys):
     at batch 8 today, not at the batch the floor would force, and are not warned."""
     acc = Accelerator(cpu=True)
     for pretrained, warned in ((False, True), (True, False)):
-        spec = train.Spec(train.TEACHER, 1, 4, 0.004, pretrained=pretrained)
-        train.check_steps(spec, fold(112, 16), acc)  # 7 steps an epoch, 35 in all
+        spec = specs.Spec(roles.TEACHER, 1, 4, 0.004, pretrained=pretrained)
+        batches.check_steps(spec, fold(112, 16), acc)  # 7 steps an epoch, 35 in all
         assert ("warning: 35 optimizer steps" in capsys.readouterr().out) is warned
-    assert train.batch_size("auto", 2000, epochs=3) == 24  # from scratch: >= 200 steps in all
-    assert train.batch_size("auto", 2000) == 64  # pretrained: >= 16 steps an epoch is enough
+    assert batches.batch_size("auto", 2000, epochs=3) == 24  # from scratch: >= 200 steps in all
+    assert batches.batch_size("auto", 2000) == 64  # pretrained: >= 16 steps an epoch is enough

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import __main__ as cli
+from pipeline import cli
 from pipeline.index import load_image, read_index, resize
 from tests import layout_fixtures as lf
 from tests.conftest import TINY_PARAMS, Project, merge, write_csv_competition
@@ -230,7 +230,7 @@ def test_a_git_repository_without_a_commit_is_one_plain_line(tmp_path, monkeypat
     from dvclive import Live
 
     from pipeline.files import PipelineError
-    from pipeline.stages.train import open_live
+    from pipeline.record import open_live
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     monkeypatch.chdir(tmp_path)

@@ -14,22 +14,22 @@ from accelerate import Accelerator
 from PIL import Image
 from timm.layers import DropPath
 
-from pipeline import model, schedules
-from pipeline.data import (
+from pipeline import batches, model, record, roles, schedules, specs
+from pipeline.data import split_dataset
+from pipeline.files import PipelineError
+from pipeline.index import Index, read_index, resize, square
+from pipeline.inference import predict_split
+from pipeline.loop import Criterion, LoopConfig, Phase, accumulate, batch_loss, fit, lr_range_test
+from pipeline.params import LrFind, Prepare, load_params
+from pipeline.stages import prepare
+from pipeline.transforms import (
     ResizedCrop,
     Transform,
     build_transforms,
     centre_box,
     crop_jitter,
     cut,
-    split_dataset,
 )
-from pipeline.files import PipelineError
-from pipeline.index import Index, read_index, resize, square
-from pipeline.inference import predict_split
-from pipeline.loop import Criterion, LoopConfig, Phase, accumulate, batch_loss, fit, lr_range_test
-from pipeline.params import LrFind, Prepare, load_params
-from pipeline.stages import prepare, train
 from tests import test_bad_input as matrix
 from tests.conftest import ROOT, write_csv_competition
 from tests.layout_fixtures import competition
@@ -185,7 +185,7 @@ def test_prediction_and_tta_see_the_centre_crop_recorded_in_model_json(tmp_path)
     frame = pd.DataFrame({"id": ["a", "b"], "path": ["a.png", "b.png"], "label": ["x", "y"]})
     index = Index(frame, frame, {"task": "single_label", "classes": ["x", "y"]}, tmp_path)
     info = {"image_size": 8, "task": "single_label", **{k: list(v) for k, v in ZERO.items()}}
-    tta = train.NO_TTA.model_copy(update={"views": ["hflip", "rot90s"]})
+    tta = record.NO_TTA.model_copy(update={"views": ["hflip", "rot90s"]})
     cpu = torch.device("cpu")
     for pct, lit in ((0.5, 1.0), (1.0, 0.25), (None, 0.25)):  # None: a model.json without it
         with_pct = info if pct is None else {**info, "crop_pct": pct}
@@ -267,17 +267,18 @@ def test_schedules_and_the_lr_range_test_count_optimizer_steps(tmp_path):
 
 
 def test_batch_size_auto_and_the_warning_count_optimizer_steps(capsys):
-    assert train.epoch_steps(920, 40) == 23 and train.epoch_steps(920, 40, accumulate=2) == 12
+    assert batches.epoch_steps(920, 40) == 23 and batches.epoch_steps(920, 40, accumulate=2) == 12
     assert (
-        train.epoch_steps(920, 40, accumulate=23) == 1 and train.epoch_steps(920, 40, None, 5) == 5
+        batches.epoch_steps(920, 40, accumulate=23) == 1
+        and batches.epoch_steps(920, 40, None, 5) == 5
     )
-    assert train.batch_size("auto", 920, epochs=10) == 40  # 23 steps an epoch, 230 in all
-    assert train.batch_size("auto", 920, epochs=10, accumulate=2) == 16  # 29 steps, 290 in all
-    assert train.batch_size(48, 920, accumulate=4) == 48
-    d = train.FoldData(None, "single_label", np.arange(920), np.arange(0), np.zeros(920, int),
+    assert batches.batch_size("auto", 920, epochs=10) == 40  # 23 steps an epoch, 230 in all
+    assert batches.batch_size("auto", 920, epochs=10, accumulate=2) == 16  # 29 steps, 290 in all
+    assert batches.batch_size(48, 920, accumulate=4) == 48
+    d = batches.FoldData(None, "single_label", np.arange(920), np.arange(0), np.zeros(920, int),
                        32, [32], 40, {}, 0, False)  # fmt: skip
-    teacher = train.Spec(train.TEACHER, 0, 10, 0.004)
-    train.check_steps(teacher, d, Accelerator(cpu=True), 2)
+    teacher = specs.Spec(roles.TEACHER, 0, 10, 0.004)
+    batches.check_steps(teacher, d, Accelerator(cpu=True), 2)
     assert (
         "warning: 120 optimizer steps in all (12 per epoch at batch 40, 2 batches a step for 920 "
         "rows); under 200 a model rarely converges: raise train.epochs or lower "

@@ -8,16 +8,17 @@ the outputs stale; a module listed but never imported reruns the stage (retrains
 edit that cannot change it. Both fail here, naming the stage and the module.
 
 Not required anywhere (the CLI floor every command passes through, which shapes no output):
-- `pipeline/__main__.py` parses the stage name and prints errors. Its one lazy import that does
-  shape outputs, `roles.skip_without_torch` (a skipped student's outputs), serves train and
-  predict, which import `pipeline.roles` themselves, so the closure below holds it anyway.
+- `pipeline/__main__.py` and `pipeline/cli.py` parse the stage name and print errors. Their one
+  lazy import that does shape outputs, `roles.skip_without_torch` (a skipped student's outputs),
+  serves train and predict, which import `pipeline.roles` themselves, so the closure below holds
+  it anyway.
 - `pipeline/warm.py` is the warm-start client/server: it runs the same stage code in a forked
   process and never changes what is written (tests/test_warm.py holds the outputs equal).
 - `pipeline/errors.py` defines the exception class that the CLI prints; the warm client imports
-  it without pandas. Listing these three in every stage would rerun the whole graph, every model
+  it without pandas. Listing these in every stage would rerun the whole graph, every model
   retrained, for a change to an error message.
 `pipeline/failures.py` (the one-line messages for a full disk, a missing file, a denied
-permission) is imported by `__main__.py` alone, so no stage's closure reaches it either.
+permission) is imported by `cli.py` alone, so no stage's closure reaches it either.
 Package `__init__.py` files count only when they hold code (today they are docstrings).
 """
 
@@ -33,16 +34,13 @@ import yaml
 
 from tests.conftest import ROOT
 
-FLOOR = {"pipeline/__main__.py", "pipeline/warm.py", "pipeline/errors.py"}
+FLOOR = {"pipeline/__main__.py", "pipeline/cli.py", "pipeline/warm.py", "pipeline/errors.py"}
 # stages that may depend on a whole folder of the package, and why
 WHOLE_PACKAGE = {"export": "the package itself is copied into the Kaggle dataset it writes"}
-# imports not followed for a stage, and why
-CUT = {
-    ("upload", "pipeline/stages/export.py"): "upload takes only export.bundle_digest, the sha256 "
-    "of export/dataset/bundle.json (a file of its `export` dep); following export's imports "
-    "(ensemble, roles, preds) would make an edit there submit to Kaggle again, a daily-limited "
-    "submission of an unchanged file",
-}
+# imports not followed for a stage, and why (none today: upload takes bundle_digest from
+# pipeline/bundle.py, not from export, whose imports would make an edit to the ensemble submit
+# an unchanged file to Kaggle again, a daily-limited submission)
+CUT: dict[tuple[str, str], str] = {}
 CMD = re.compile(r"python -m pipeline (\w+)")
 
 
@@ -209,3 +207,27 @@ def test_an_init_with_code_counts(synthetic: Path):
     assert problems(synthetic) == [
         "job: imports but does not depend on pipeline/__init__.py"
     ]  # fmt: skip
+
+
+def shaping_keys(student: bool) -> set[str]:
+    """dvc.yaml's params of a (student's) train stage, as pipeline/shaping.py derives them: a
+    whole section where every key shapes the weights, else its keys one by one."""
+    from pipeline.params import Params
+    from pipeline.shaping import ALSO, SECTIONS, STUDENT_KEYS, excluded
+
+    out = set(ALSO)
+    for s in SECTIONS:
+        fields, ex = set(Params.model_fields[s].annotation.model_fields), excluded(s, student)
+        out |= {f"{s}.{f}" for f in fields - ex} if ex else {s}
+    return out | ({f"pseudo.{k}" for k in STUDENT_KEYS | {"enabled"}} if student else set())
+
+
+def test_dvc_yaml_params_are_what_shaping_says_shapes_each_stage():
+    from pipeline.shaping import SELECTION
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(stages["train"]["params"]) == shaping_keys(student=False)
+    for name in ("train_student", "train_student_2", "train_student_3"):
+        assert set(stages[name]["params"]) == shaping_keys(student=True), name
+    selection = {f"pseudo.{k}" for k in SELECTION} | {"train.backbones", "base.folds"}
+    assert set(stages["pseudolabel"]["params"]) == selection | {"competition.metric"}

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import roles
+from pipeline import batches, roles, specs
 from pipeline.files import PipelineError
 from pipeline.index import read_folds, read_index, read_pool
 from pipeline.params import parse_params
@@ -127,9 +127,9 @@ def test_students_train_on_extra_images_and_never_validate_on_them(workdir):
     preds = read_preds(workdir / "preds/resnet10t/fold0", "extra", CLASSES)
     assert preds.index.tolist() == pool_ids.tolist()
     np.testing.assert_allclose(preds.sum(axis=1), 1, atol=1e-5)
-    spec = train.student_spec(p, "resnet10t", 0)
+    spec = specs.student_spec(p, "resnet10t", 0)
     assert len(spec.pseudo) == 13 and spec.pseudo["id"].isin(pool_ids).sum() == 5
-    images, order = train.pseudo_images(read_index(), spec.pseudo["id"], None, 16)
+    images, order = batches.pseudo_images(read_index(), spec.pseudo["id"], None, 16)
     test_part, pool_part = images.datasets
     assert (len(test_part), len(pool_part)) == (8, 5)
     assert spec.pseudo["id"].iloc[order[8:]].tolist() == pool_ids.iloc[pool_part.rows].tolist()
@@ -143,7 +143,7 @@ def test_students_train_on_extra_images_and_never_validate_on_them(workdir):
     assert has_preds(workdir / "students/preds/resnet10t/fold0", "extra")
     shutil.rmtree(workdir / "data/extra")  # a student whose pool is gone says which stage to run
     with pytest.raises(PipelineError, match=r"data/extra/test.csv: missing; run `dvc repro extra`"):
-        train.student_spec(p, "resnet10t", 0)
+        specs.student_spec(p, "resnet10t", 0)
 
 
 def test_the_source_stage_lists_the_pool_and_names_a_missing_one(workdir):

@@ -22,11 +22,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline import metrics
-from pipeline.data import BatchMix, batch_mix, epoch_strength, mix_targets
+from pipeline.data import BatchMix, batch_mix, mix_targets
 from pipeline.loop import Criterion, Ema
 from pipeline.params import parse_params
 from pipeline.preds import read_preds
 from pipeline.stages import report, train
+from pipeline.transforms import epoch_strength
 from tests.conftest import tiny_params, write_prepared
 from tests.test_reliability import interrupted_after_first_epoch
 

@@ -17,14 +17,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pipeline import model, roles
-from pipeline.data import confidence_weights, epoch_strength, mixed_batches, pseudo_per_batch
+from pipeline import batches, model, roles, specs
+from pipeline.data import confidence_weights, mixed_batches, pseudo_per_batch
 from pipeline.files import PipelineError
 from pipeline.index import fold_rows, read_folds, read_index
 from pipeline.loop import Criterion
 from pipeline.params import Pseudo, parse_params
 from pipeline.preds import read_preds, write_preds
 from pipeline.stages import diagnose, ensemble, export, predict, pseudolabel, submit, train
+from pipeline.transforms import epoch_strength
 from tests.conftest import CLASSES, ROOT, tiny_params
 
 # --- mixing: every batch 1:N ------------------------------------------------------------
@@ -160,9 +161,9 @@ def test_confidence_weighting_keeps_every_image_and_the_student_weighs_each(work
     assert len(rows) == 400 and (probs.max(axis=1) < 0.9).sum() > 300  # no cut at the threshold
     assert counts["dropped"].sum() == 0
     p = teach(workdir, {"pseudo": {"threshold": 0.0, "weight": 0.5, "weighting": "confidence"}})
-    spec = train.student_spec(p, "resnet10t", 0)
-    d = train.fold_data(p, read_index(), model.create("resnet10t", 3, False), 0, None)
-    pseudo_part = train.epoch_dataset(p, spec, d, 0, 0, 2).dataset.datasets[1]
+    spec = specs.student_spec(p, "resnet10t", 0)
+    d = batches.fold_data(p, read_index(), model.create("resnet10t", 3, False), 0, None)
+    pseudo_part = batches.epoch_dataset(p, spec, d, 0, 0, 2).dataset.datasets[1]
     want = 0.5 * np.clip((spec.pseudo["confidence"].to_numpy() - 1 / 3) / (2 / 3), 0, 1)
     got = np.array([pseudo_part[i][2] for i in range(len(pseudo_part))])
     assert np.allclose(got, want, atol=1e-6) and got.min() < got.max() <= 0.5
@@ -334,10 +335,10 @@ def teach(workdir, over: dict | None = None):
 
 def test_student_of_fold_k_never_trains_on_fold_k_validation_rows(workdir):
     p = teach(workdir, {"pseudo": {"threshold": 0.0, "weight": 0.5}})
-    spec = train.student_spec(p, "resnet10t", 0)
+    spec = specs.student_spec(p, "resnet10t", 0)
     index = read_index()
-    d = train.fold_data(p, index, model.create("resnet10t", 3, False), 0, None)
-    loader = train.train_loaders(p, spec, d, 0)(0, 2)
+    d = batches.fold_data(p, index, model.create("resnet10t", 3, False), 0, None)
+    loader = batches.train_loaders(p, spec, d, 0)(0, 2)
     labeled_part, pseudo_part = loader.dataset.dataset.dataset.datasets  # EpochData, Seeded
     _, valid = fold_rows(index, read_folds(), 0)
     trained = set(labeled_part.images.rows.tolist())
@@ -354,7 +355,7 @@ def test_student_of_fold_k_never_trains_on_fold_k_validation_rows(workdir):
 
 def test_a_student_refuses_targets_that_are_not_its_labels_rows(workdir):
     p = teach(workdir, {"pseudo": {"threshold": 0.0}})
-    spec = train.student_spec(p, "resnet10t", 0)
+    spec = specs.student_spec(p, "resnet10t", 0)
     folder = workdir / "pseudo/fold0"
     assert spec.pseudo.columns.tolist() == ["id", "label", "confidence", *CLASSES]
     targets = read_preds(folder, "targets", CLASSES)
@@ -362,18 +363,18 @@ def test_a_student_refuses_targets_that_are_not_its_labels_rows(workdir):
     assert Path("pseudo/fold0/targets.npy") in spec.files  # new targets change the resume key
     write_preds(folder, "targets", targets.index[::-1], targets.to_numpy(), CLASSES)
     with pytest.raises(PipelineError, match=r"targets.json: its ids are not those of .*labels"):
-        train.student_spec(p, "resnet10t", 0)
+        specs.student_spec(p, "resnet10t", 0)
     (folder / "targets.npy").unlink()
     with pytest.raises(PipelineError, match=r"targets.npy: missing.*dvc repro pseudolabel"):
-        train.student_spec(p, "resnet10t", 0)
+        specs.student_spec(p, "resnet10t", 0)
 
 
 def test_the_control_student_trains_the_same_epochs_on_labeled_rows_only(workdir, capsys):
     p = teach(workdir, {"pseudo": {"threshold": 0.0, "control": True}})
-    spec = train.student_spec(p, "resnet10t", 0)
+    spec = specs.student_spec(p, "resnet10t", 0)
     assert len(spec.pseudo) == 0 and spec.epochs == p.pseudo.epochs and spec.init is not None
-    d = train.fold_data(p, read_index(), model.create("resnet10t", 3, False), 0, None)
-    loader = train.train_loaders(p, spec, d, 0)(0, 2)
+    d = batches.fold_data(p, read_index(), model.create("resnet10t", 3, False), 0, None)
+    loader = batches.train_loaders(p, spec, d, 0)(0, 2)
     labeled_part, pseudo_part = loader.dataset.dataset.dataset.datasets
     used = sorted(i for b in loader.batch_sampler for i in b)
     assert len(pseudo_part) == 0 and used == list(range(len(labeled_part)))
@@ -399,8 +400,8 @@ def test_student_noise_overrides_the_teachers_augmentation_and_dropout(workdir, 
         "student noise: augment.strength_start 1.0, augment.mixup 0.2, model.drop_path_rate" in out
     )
     quiet = parse_params(tiny_params({"pseudo": {"threshold": 0.0}}))
-    loud = train.fingerprint(p.student(), "resnet10t", 0, student=True)
-    assert loud["params"] != train.fingerprint(quiet, "resnet10t", 0, student=True)["params"]
+    loud = specs.fingerprint(p.student(), "resnet10t", 0, student=True)
+    assert loud["params"] != specs.fingerprint(quiet, "resnet10t", 0, student=True)["params"]
 
 
 @pytest.mark.parametrize(
@@ -545,7 +546,7 @@ def test_students_scoring_worse_beyond_noise_are_not_submitted_unless_asked(
         assert saved["fell_back"] and "submitting the teachers" in out
         every = ("accuracy", "log_loss", "roc_auc")  # the teachers' full report, not one metric
         assert {m: saved["report"][m] for m in every} == {m: teachers[m] for m in every}
-        assert diagnose.chosen_model(p) == (train.TEACHER, "resnet10t")  # shows what is sent
+        assert diagnose.chosen_model(p) == (roles.TEACHER, "resnet10t")  # shows what is sent
         for k in (0, 1):  # what predict and train leave for export to bundle
             (workdir / f"preds/resnet10t/fold{k}/tta.json").write_text('{"beta": 1.0}')
             weights = workdir / f"models/resnet10t/fold{k}/model.safetensors"

@@ -18,12 +18,12 @@ from accelerate import Accelerator
 from sklearn.datasets import load_digits
 
 from benchmarks.competitions import write_binary
-from pipeline import schedules
-from pipeline.data import build_transforms, epoch_strength
+from pipeline import batches, schedules
 from pipeline.loop import LoopConfig, Phase, fit
 from pipeline.params import Augment, LrFind, load_params, parse_params
 from pipeline.preds import has_preds, read_probs
 from pipeline.stages import folds, predict, prepare, train
+from pipeline.transforms import build_transforms, epoch_strength
 from tests.conftest import ROOT, tiny_params
 
 ZERO = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}  # output = input pixels
@@ -131,7 +131,7 @@ def test_lr_schedule_over_progressive_resizing_is_continuous_and_ends_at_its_flo
     net, y = AnySize(), torch.arange(n) % 3
 
     def loader(epoch: int, total: int):
-        size = train.epoch_size(sizes, epoch, total)
+        size = batches.epoch_size(sizes, epoch, total)
         x = torch.rand(n, 3, size, size)
         return torch.utils.data.DataLoader(list(zip(x, y, strict=True)), batch_size=batch)
 
@@ -154,24 +154,24 @@ def test_lr_schedule_over_progressive_resizing_is_continuous_and_ends_at_its_flo
 
 
 def test_epochs_split_evenly_over_the_sizes():
-    assert [train.epoch_size([24, 32], e, 6) for e in range(6)] == [24] * 3 + [32] * 3
-    assert [train.epoch_size([16, 24, 32], e, 4) for e in range(4)] == [16, 16, 24, 32]
-    assert train.epoch_size([32], 5, 6) == 32
+    assert [batches.epoch_size([24, 32], e, 6) for e in range(6)] == [24] * 3 + [32] * 3
+    assert [batches.epoch_size([16, 24, 32], e, 4) for e in range(4)] == [16, 16, 24, 32]
+    assert batches.epoch_size([32], 5, 6) == 32
 
 
 def test_batch_size_auto_gives_enough_steps_per_epoch_and_in_all():
-    assert train.batch_size("auto", 2000, epochs=10) == 64  # 31 steps of 64
-    assert train.batch_size("auto", 920) == 56  # 16 steps of 56 an epoch, not 14 of 64
-    assert train.batch_size("auto", 920, epochs=10) == 40  # 23 steps, 230 in all
-    assert train.batch_size("auto", 480, epochs=10) == 24  # 20 steps of 24, 200 in all
-    assert train.batch_size("auto", 80, epochs=10) == 8  # a tiny competition: never below 8
-    assert train.batch_size(48, 80) == 48
+    assert batches.batch_size("auto", 2000, epochs=10) == 64  # 31 steps of 64
+    assert batches.batch_size("auto", 920) == 56  # 16 steps of 56 an epoch, not 14 of 64
+    assert batches.batch_size("auto", 920, epochs=10) == 40  # 23 steps, 230 in all
+    assert batches.batch_size("auto", 480, epochs=10) == 24  # 20 steps of 24, 200 in all
+    assert batches.batch_size("auto", 80, epochs=10) == 8  # a tiny competition: never below 8
+    assert batches.batch_size(48, 80) == 48
     # a student's epoch passes over the labeled rows; pseudolabels top up every batch
-    assert train.batch_size("auto", 920, ratio=3) == 64  # 19 steps of 48 labeled + 16 pseudo
-    assert train.batch_size("auto", 600, ratio=3) == 48  # 16 steps of 36 + 12
-    assert train.batch_size("auto", 920, ratio=2) == 64  # 43 labeled + 21 pseudo: 21 steps
-    assert train.batch_size("auto", 920, ratio=3, epochs=3) == 16  # from scratch: 76 x 3 steps
-    assert train.batch_size(48, 920, ratio=3) == 48
+    assert batches.batch_size("auto", 920, ratio=3) == 64  # 19 steps of 48 labeled + 16 pseudo
+    assert batches.batch_size("auto", 600, ratio=3) == 48  # 16 steps of 36 + 12
+    assert batches.batch_size("auto", 920, ratio=2) == 64  # 43 labeled + 21 pseudo: 21 steps
+    assert batches.batch_size("auto", 920, ratio=3, epochs=3) == 16  # from scratch: 76 x 3 steps
+    assert batches.batch_size(48, 920, ratio=3) == 48
 
 
 def test_sizes_must_end_at_the_input_size():

@@ -14,7 +14,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline import roles
+from pipeline import batches, record, roles, specs
 from pipeline.params import parse_params
 from pipeline.stages import folds, prepare, train
 from tests.conftest import tiny_params, write_csv_competition
@@ -43,14 +43,14 @@ def test_training_metrics_keep_their_sign_and_describe_the_kept_epoch(workdir, m
 
 def interrupted_after_first_epoch(p, monkeypatch) -> None:
     """Train, stopped right after epoch 1's checkpoint (as a kill would)."""
-    real = train.Recorder.log
+    real = record.Recorder.log
 
     def log(self, row):
         real(self, row)
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(train.Recorder, "log", log)
+        m.setattr(record.Recorder, "log", log)
         with pytest.raises(KeyboardInterrupt):
             train.run(p, "resnet10t", 0)
     assert Path("checkpoints/resnet10t/fold0/state.pt").exists()
@@ -148,13 +148,13 @@ def test_outputs_follow_the_umask_not_the_temporary_files_private_mode(tmp_path)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~UMASK
 
 
-def batches(p, workers: int) -> list[torch.Tensor]:
+def drawn_batches(p, workers: int) -> list[torch.Tensor]:
     from pipeline import model as timm_model
     from pipeline.index import read_index
 
     p = p.model_copy(update={"train": p.train.model_copy(update={"num_workers": workers})})
-    d = train.fold_data(p, read_index(), timm_model.create("resnet10t", 3, False), 0, None)
-    loader = train.train_loaders(p, train.teacher_spec(p), d, 0)(0, 1)
+    d = batches.fold_data(p, read_index(), timm_model.create("resnet10t", 3, False), 0, None)
+    loader = batches.train_loaders(p, specs.teacher_spec(p), d, 0)(0, 1)
     return [x for x, _ in loader]
 
 
@@ -163,7 +163,7 @@ def test_workers_draw_different_augmentations_and_leave_the_weights_alone(workdi
     cache = np.load("data/prepared/train_images.npy")
     np.save("data/prepared/train_images.npy", np.repeat(cache[:1], len(cache), axis=0))
     p = parse_params(tiny_params({"augment": {"rotate": 30.0, "cutout": 0.3}}))
-    two, none = batches(p, 2), batches(p, 0)
+    two, none = drawn_batches(p, 2), drawn_batches(p, 0)
     assert len(two) == 3  # 24 rows at batch 8: workers 0 and 1 take batches 0 and 1
     assert not torch.equal(two[0], two[1])  # the workers do not repeat each other's draws
     assert all(torch.equal(a, b) for a, b in zip(two, none, strict=True))  # nor change them

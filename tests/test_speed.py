@@ -14,12 +14,13 @@ import yaml
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
+from pipeline import batches
+from pipeline.batches import loader_workers
 from pipeline.index import load_image, read_index, resize
 from pipeline.loop import LoopConfig, Phase, fit
 from pipeline.params import LrFind, Prepare, parse_params
 from pipeline.stages import train
 from pipeline.stages.prepare import run as prepare
-from pipeline.stages.train import loader_workers
 from tests.conftest import ROOT, tiny_params
 from tests.layout_fixtures import competition
 
@@ -91,7 +92,7 @@ def test_the_numpy_tail_is_albumentations_normalize_and_to_tensor_exactly():
     import albumentations as A
     from albumentations.pytorch import ToTensorV2
 
-    from pipeline.data import build_transforms
+    from pipeline.transforms import build_transforms
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 17, 23, 3), dtype=np.uint8)  # odd sizes: no stride luck
@@ -110,7 +111,7 @@ def test_loader_workers_are_forked_once_and_serve_every_epoch_its_own_data(workd
     once, each rebuilds the dataset at every new epoch (its augmentation strength, size and seed),
     and the weights are those of a run without workers."""
     built = workdir / "built.txt"
-    made = train.epoch_dataset
+    made = batches.epoch_dataset
 
     def recording(p, spec, d, fold, epoch, total):
         who = os.getpid() if torch.utils.data.get_worker_info() else "main"
@@ -118,7 +119,7 @@ def test_loader_workers_are_forked_once_and_serve_every_epoch_its_own_data(workd
             f.write(f"{who} {epoch} {total}\n")
         return made(p, spec, d, fold, epoch, total)
 
-    monkeypatch.setattr(train, "epoch_dataset", recording)
+    monkeypatch.setattr(batches, "epoch_dataset", recording)
     weights = []
     for workers in (2, 0):
         built.unlink(missing_ok=True)

@@ -24,10 +24,11 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from pipeline import metrics
 from pipeline.files import PipelineError, atomic_dir, read_json, write_json
 from pipeline.index import Index, encode_labels, fold_rows, load_image, read_folds, read_index
 from pipeline.params import Params, load_params
-from pipeline.preds import read_preds
+from pipeline.preds import read_preds, read_thresholds
 from pipeline.roles import TEACHER, Role, last_student, skipped
 
 if TYPE_CHECKING:  # torch, timm and albumentations load only when the stage is enabled
@@ -36,7 +37,6 @@ if TYPE_CHECKING:  # torch, timm and albumentations load only when the stage is 
 
 OUT = Path("diagnose")
 LINE, PAD = 15, 6  # px: one caption line, the gap between tiles
-EPS = 1e-7
 
 
 MIN_SIDE = 4  # the heatmap's least resolution: a 1 x 1 map says nothing about where
@@ -75,7 +75,7 @@ def to_maps(channels: int, prefix_tokens: int):
 
 def grad_cam(net: nn.Module, x: torch.Tensor, classes: list[int]) -> np.ndarray:
     """(N, H, W) heatmaps in [0, 1] at the input's size, one per image for its class."""
-    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam import GradCAM  # here: torch and grad-cam only when diagnose is on
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     _, layer, channels = target_layer(net, x.shape[-1])
@@ -154,9 +154,10 @@ def sample_rows(index: Index, rows: np.ndarray, per_class: int, max_classes: int
 
 
 def network_input(index: Index, rows: list[int], info: dict) -> torch.Tensor:
-    import torch
+    import torch  # here: torch and grad-cam only when diagnose is on
 
-    from pipeline.data import build_transforms, split_dataset
+    from pipeline.data import split_dataset
+    from pipeline.transforms import build_transforms
 
     tf = build_transforms("valid", 0, None, tuple(info["mean"]), tuple(info["std"]))
     ds = split_dataset(index, "train", np.array(rows), tf, info["image_size"])
@@ -169,10 +170,10 @@ def original(index: Index, row: int) -> np.ndarray:
 
 def cam_grid(net: nn.Module, info: dict, index: Index, picked, cols: int, size: int):
     """Grad-CAM tiles: each image beside its heatmap, one row of `cols` pairs per class."""
-    import torch
+    import torch  # here: torch and grad-cam only when diagnose is on
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    from pipeline.loop import probabilities
+    from pipeline.steps import probabilities
 
     x = network_input(index, [r for _, r in picked], info)
     with torch.no_grad():
@@ -193,13 +194,6 @@ def cam_grid(net: nn.Module, info: dict, index: Index, picked, cols: int, size: 
     return [t for row in rows for t in row]
 
 
-def loss_per_row(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    p = np.clip(probs, EPS, 1 - EPS)
-    if targets.ndim == 2:  # multi-label: mean binary cross-entropy over the tags
-        return -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean(1)
-    return -np.log(p[np.arange(len(p)), targets.astype(int)])
-
-
 def top_loss_tiles(index: Index, final: Path, n: int, size: int) -> tuple[list, list[str]]:
     """Tiles of the n OOF rows of what is submitted with the highest loss, and their ids."""
     classes, task = index.classes, index.meta["task"]
@@ -208,13 +202,15 @@ def top_loss_tiles(index: Index, final: Path, n: int, size: int) -> tuple[list, 
         raise PipelineError(f"{final / 'oof.npy'}: does not cover every training id")
     probs = oof.to_numpy()
     targets = encode_labels(index.train["label"], classes, task)
-    losses = loss_per_row(probs, targets)
-    cut = read_json(final / "thresholds.json").get("thresholds") or {}
+    losses = metrics.row_log_loss(probs, targets)
+    cut = read_thresholds(final / "thresholds.json", classes)
     tiles, ids = [], []
     for r in np.argsort(-losses, kind="stable")[:n]:
         pr, true = probs[r], index.train["label"].iloc[r]
         if task == "multi_label":
-            said = " ".join(c for i, c in enumerate(classes) if pr[i] >= cut.get(c, 0.5))
+            said = " ".join(
+                c for i, c in enumerate(classes) if pr[i] >= (0.5 if cut is None else cut[i])
+            )
             lines = [f"true {true}", f"pred {said or '(none)'}", f"loss {losses[r]:.2f}"]
         else:
             k, id_ = int(pr.argmax()), index.train["id"].iloc[r]
@@ -233,7 +229,7 @@ def run(p: Params, out: Path = OUT, final: Path = Path("final")) -> dict:
             write_json(tmp / "diagnose.json", {"skipped": "diagnose.enabled is false"})
         print("diagnose: skipped (diagnose.enabled is false)")
         return {}
-    from pipeline import model
+    from pipeline import model  # here: torch and grad-cam only when diagnose is on
 
     role, name = chosen_model(p)
     net, info = model.load(role.models / name / f"fold{d.fold}")

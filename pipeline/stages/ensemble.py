@@ -27,7 +27,6 @@ is submitted) and metrics/final_confusion.csv.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +34,12 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from pipeline import metrics, roles
+from pipeline import metrics
 from pipeline.files import PipelineError, atomic_dir, read_json, write_csv, write_json
 from pipeline.index import Index, encode_labels, read_index
-from pipeline.params import Ensemble, Params, load_params
-from pipeline.preds import has_preds, mean_preds, write_preds
-from pipeline.roles import TEACHER, skipped
+from pipeline.params import Ensemble, Params
+from pipeline.preds import has_preds, mean_preds, weighted_mean, write_preds
+from pipeline.roles import TEACHER, final_members, flag_and_params, student_members, teacher_members
 
 EQUAL = Ensemble(weights="equal", snapshots=False)
 
@@ -107,10 +106,7 @@ def variants(index: Index, label: str, folder: Path, folds: list[int]) -> dict[s
 
 def blend_loss(probs: np.ndarray, targets: np.ndarray) -> float:
     """Log loss of probabilities (BCE per class and row for multi-label): what `fit` minimises."""
-    p = np.clip(probs, metrics.EPS, 1 - metrics.EPS)
-    if targets.ndim == 2:
-        return float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean())
-    return float(-np.log(p[np.arange(len(p)), targets.astype(int)]).mean())
+    return float(metrics.row_log_loss(probs, targets).mean())
 
 
 def fit_weights(stack: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -146,7 +142,7 @@ def evaluate(
         return np.full(n, 1 / n) if stack is None else fit_weights(stack[:, rows], targets[rows])
 
     w_all = weights(np.ones(len(fold), dtype=bool))
-    full = weighted(members, w_all, "oof")
+    full = weighted_mean([m.oof for m in members.values()], w_all)
     oof = full if stack is None else np.zeros_like(full)
     row_thr = np.full(full.shape, 0.5, np.float32) if tuned else 0.5
     for k in np.unique(fold) if stack is not None or tuned else []:
@@ -158,25 +154,13 @@ def evaluate(
     thresholds = (
         metrics.tune_thresholds(metric, full, targets) if tuned else np.full(full.shape[1], 0.5)
     )
-    test = weighted(members, w_all, "test")
+    test = weighted_mean([m.test for m in members.values()], w_all)
     report = (
         metrics.report(oof, targets, row_thr)
         if every
         else {metric: round(metrics.value(metric, oof, targets, row_thr), 6)}
     )
     return Blend(oof, test, report, thresholds, row_thr, [float(w) for w in w_all])
-
-
-def weighted(members: dict[str, Member], w: np.ndarray, split: str) -> np.ndarray:
-    """The members' `split` probabilities weighted by `w`: one array beside theirs (a member
-    alone is its own)."""
-    arrays = [getattr(m, split) for m in members.values()]
-    if len(arrays) == 1:
-        return arrays[0]
-    out = np.zeros_like(arrays[0])
-    for wi, a in zip(w, arrays, strict=True):
-        out += np.float32(wi) * a
-    return out
 
 
 def cv_report(index: Index, metric: str, chosen: dict[str, Member], reported, mode: str):
@@ -263,34 +247,6 @@ def print_report(title: str, cv: dict, mode: str) -> None:
         print(f"  {name:<40} {v:.4f}")
     weights = ", ".join(f"{n} {w:.3f}" for n, w in cv["members"].items())
     print(f"  {'blend (' + mode + ' weights)':<40} {cv['cv']:.4f}   weights: {weights}")
-
-
-def teacher_members(p: Params) -> dict[str, Path]:
-    return {f"teacher {n}": TEACHER.preds / n for n in p.train.backbones}
-
-
-def student_members(p: Params, round_: int) -> dict[str, Path]:
-    """Round `round_`'s students, each trained (a skipped one is refused, naming its folder)."""
-    role = roles.student(round_)
-    students = {  # a student's folder is named by its teacher; its label names its backbone
-        f"student {s}" + ("" if s == t else f" of {t}"): role.preds / t
-        for t, s in p.students().items()
-    }
-    for folder in students.values():
-        for k in p.base.folds:
-            why = skipped(folder / f"fold{k}")
-            if why is not None:
-                raise PipelineError(f"{folder}/fold{k}: {why}; run `dvc repro` first")
-    return students
-
-
-def final_members(p: Params) -> dict[str, Path]:
-    """What the submission blends: the last round's students (+ teachers), or the teachers."""
-    teachers = teacher_members(p)
-    if not p.pseudo.enabled:
-        return teachers
-    students = student_members(p, p.pseudo.rounds)
-    return {**students, **teachers} if p.pseudo.blend_teachers else students
 
 
 def rounds_cv(index: Index, p: Params) -> dict[str, float]:
@@ -424,11 +380,8 @@ def print_final(s: dict) -> None:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pipeline ensemble")
-    ap.add_argument("--final", action="store_true", help="the blend that submit uses")
-    a = ap.parse_args(argv)
-    p = load_params()
-    if a.final:
+    final, p = flag_and_params("ensemble", "final", "the blend that submit uses", argv)
+    if final:
         run_final(p)
     else:
         run(p.train.backbones, p.base.folds, p.competition.metric, p.ensemble)

@@ -19,18 +19,23 @@ writes /kaggle/working/submission.csv. With export.enabled false it writes expor
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 from pathlib import Path
 
 from pipeline import kaggle
+from pipeline.bundle import OUT, bundle_digest
 from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_json, write_text
-from pipeline.params import Params, load_params
-from pipeline.roles import TEACHER, by_name, last_student
-from pipeline.stages.ensemble import final_members, teacher_members
+from pipeline.params import Params
+from pipeline.roles import (
+    TEACHER,
+    by_name,
+    final_members,
+    flag_and_params,
+    last_student,
+    teacher_members,
+)
 
-OUT = Path("export")
 PUSHED = Path("submissions/kernel.json")
 PACKAGE = Path(__file__).resolve().parents[1]
 KERNEL = PACKAGE / "kernel_script.py"  # the notebook, COMPETITION and DATASET filled in
@@ -162,17 +167,9 @@ def push(p: Params, out: Path = OUT, pushed: Path = PUSHED) -> dict:
     return record
 
 
-def bundle_digest(out: Path = OUT) -> str:
-    """bundle.json's digest: it names every weight file's digest and the blend."""
-    return sha256(out / "dataset" / "bundle.json")
-
-
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pipeline export")
-    ap.add_argument("--push", action="store_true", help="upload dataset and kernel to Kaggle")
-    a = ap.parse_args(argv)
-    p = load_params()
-    if a.push:
+    push_, p = flag_and_params("export", "push", "upload dataset and kernel to Kaggle", argv)
+    if push_:
         push(p)
     else:
         run(p)

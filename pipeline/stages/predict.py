@@ -34,19 +34,11 @@ from pipeline import metrics
 from pipeline.files import atomic_dir, read_json, write_json
 from pipeline.index import Index, encode_labels, fold_rows, read_folds, read_index, read_pool
 from pipeline.params import Augment, Params, Tta, load_params
-from pipeline.preds import mean_probs, read_probs, write_preds
+from pipeline.preds import blend_tta, read_probs, write_preds
 from pipeline.roles import PLAIN, TEACHER, Role, parse_stage, skipped, student, write_skips
 
-BETAS = np.round(np.linspace(0, 1, 11), 2)
+BETAS = np.round(np.linspace(0, 1, 11), 2)  # tta.beta: auto tries 0, 0.1, ..., 1 on OOF rows
 SPLITS = ("oof", "test")
-
-
-def blend_tta(outs: dict[str, np.ndarray], beta: float, combine: str, task: str) -> np.ndarray:
-    """beta * plain + (1 - beta) * the mean over every other view (plain alone without views)."""
-    views = [a for v, a in outs.items() if v != "plain"]
-    if not views:
-        return outs["plain"]
-    return beta * outs["plain"] + (1 - beta) * mean_probs(views, combine, task)
 
 
 def choose_beta(outs, targets: np.ndarray, metric: str, combine: str, task: str) -> float:
@@ -61,6 +53,7 @@ def choose_beta(outs, targets: np.ndarray, metric: str, combine: str, task: str)
 
 def model_views(net, index: Index, fold: int, tta: Tta, info: dict, device) -> dict:
     """{split: {view: probs}} of one model on one fold, through the model (torch)."""
+    # here: torch only when a model predicts (not for tta.views: [])
     from pipeline.inference import predict_split
 
     info = {**info, "augment": Augment(**info["augment"]) if info.get("augment") else None}
@@ -123,6 +116,7 @@ def predictor(src: Path, tta: Tta, fold: int):
     info = read_json(src / "model.json")
     if not tta.views and not tta.random and (src / PLAIN).is_dir():
         return info, lambda weights, sub: plain_views(src / PLAIN / sub, info["classes"])
+    # here: torch only when a model predicts (not for tta.views: [])
     from safetensors.torch import load_file
 
     from pipeline.inference import load_model
@@ -142,6 +136,7 @@ def pool_preds(src: Path, tta: Tta, info: dict, beta: float, extra: str | None):
     pool = read_pool(extra)
     if not len(pool.test):
         return None
+    # here: torch only when a model predicts (not for tta.views: [])
     from pipeline.inference import load_model, predict_split
 
     net, _, device = load_model(src)

@@ -35,14 +35,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline import metrics
-from pipeline.files import PipelineError, atomic_dir, read_json, sha256, write_csv, write_json
+from pipeline.files import PipelineError, atomic_dir, sha256, write_csv, write_json
 from pipeline.index import Index, encode_labels, fold_rows, read_folds, read_index, read_pool
 from pipeline.params import Pseudo, load_params
-from pipeline.preds import fold_blend, read_preds, write_preds
+from pipeline.preds import fold_blend, read_preds, read_thresholds, write_preds
 from pipeline.roles import labeller, not_run, pseudo_dir, round_arg
+from pipeline.shaping import SELECTION
 
-SELECTION = ("enabled", "source", "threshold", "weighting", "class_cap", "soft", "temperature",
-             "extra")  # fmt: skip
 LEAK_WARNING = (
     "WARNING: pseudo.source: ensemble labels every fold's student with the blend of all "
     "teachers; the teachers of the other folds trained on fold k's validation rows, so the "
@@ -190,15 +189,6 @@ def teacher_weights(models: Path, backbones: list[str], fold: int) -> dict[str, 
     return {b: sha256(f) for b, f in files.items()}
 
 
-def ensemble_thresholds(path: Path, classes: list[str]) -> np.ndarray | None:
-    if not path.exists():
-        raise PipelineError(f"{path}: missing; run `dvc repro ensemble` first")
-    tuned = read_json(path).get("thresholds")
-    if tuned is not None and set(classes) - set(tuned):
-        raise PipelineError(f"{path}: no threshold for {sorted(set(classes) - set(tuned))[:5]}")
-    return None if tuned is None else np.array([tuned[c] for c in classes])
-
-
 # --- the stage -----------------------------------------------------------------------------
 
 
@@ -208,7 +198,7 @@ def fold_inputs(index, ps: Pseudo, backbones, folds, fold, metric, preds: Path, 
     multi = index.meta["task"] == "multi_label"
     if ps.source == "ensemble":
         probs = read_preds(ens, "test", index.classes)
-        return probs, ensemble_thresholds(ens / "thresholds.json", index.classes), ["ensemble"]
+        return probs, read_thresholds(ens / "thresholds.json", index.classes), ["ensemble"]
     dirs = [preds / b for b in backbones]
     probs = fold_blend(dirs, fold, "test", index.classes)
     if ps.extra is not None:  # pseudo.extra's images, predicted beside the test set

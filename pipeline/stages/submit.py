@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline import metrics
-from pipeline.files import PipelineError, read_json, write_json, write_probs_csv
+from pipeline.files import PipelineError, write_json, write_probs_csv
 from pipeline.index import Index, encode_labels, read_index
 from pipeline.params import load_params
-from pipeline.preds import read_probs
+from pipeline.preds import read_probs, read_thresholds
 
 SUBMISSION = Path("submissions/submission.csv")
 LOCAL_SCORE = Path("submissions/local_score.json")
@@ -88,24 +88,6 @@ def unscored_note(score: dict, solution: Path) -> str:
         f"training labels never had ({', '.join(score['unknown_classes'][:5])}): ids {shown} "
         f"(all in {LOCAL_SCORE})"
     )
-
-
-def read_thresholds(path: Path, classes: list[str]) -> np.ndarray | None:
-    """The blend's per-class thresholds (None: not multi-label), one for every class."""
-    if not path.exists():
-        raise PipelineError(f"{path}: missing; run `dvc repro ensemble` first")
-    tuned = read_json(path).get("thresholds")
-    if tuned is None:
-        return None
-    missing = [c for c in classes if c not in tuned]
-    if missing:
-        stage = "ensemble_final" if path.parent.name == "final" else "ensemble"
-        raise PipelineError(
-            f"{path}: no threshold for class {missing[0]!r} ({len(missing)} of {len(classes)} "
-            f"classes missing): it was tuned for other classes than data/prepared/meta.json "
-            f"lists; rerun `dvc repro {stage}`"
-        )
-    return np.array([tuned[c] for c in classes])
 
 
 def shaped(index: Index, metric: str, blend: Path, out: Path) -> pd.DataFrame:

@@ -36,6 +36,7 @@ import pandas as pd
 import yaml
 
 from pipeline import kaggle
+from pipeline.bundle import bundle_digest
 from pipeline.files import PipelineError, read_json, sha256, write_csv, write_json
 from pipeline.metrics import read_sample, validate_submission
 from pipeline.params import load_params
@@ -110,8 +111,6 @@ def params_hash(path: Path = Path("params.yaml")) -> str | None:
 
 def pushed_kernel(pushed: Path, export_dir: Path) -> dict[str, Any]:
     """The notebook `export --push` pushed, if it is of the current export."""
-    from pipeline.stages.export import bundle_digest
-
     if not pushed.exists():
         raise PipelineError(
             f"{pushed}: missing; a code competition submits a notebook: run "
