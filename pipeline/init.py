@@ -61,6 +61,7 @@ GLYPH_SIDE = 64  # px: one-channel images this small are digits, letters or glyp
 OVERHEAD = ("satellite", "aerial", "planet", "amazon", "airbus", "ship", "iceberg", "histopath",
             "cancer", "cell", "microscop", "protein", "malaria", "blood", "patholog", "tissue",
             "cassava", "galaxy", "plankton")  # fmt: skip
+CROP_PCT = 0.875  # photos: validation sees this central share of each side (timm's)
 IMBALANCE = 5.0  # largest / smallest class count from which the loss is class-weighted
 GROUP_WORDS = ("patient", "group", "subject", "user", "case", "study", "individual", "site")
 SAMPLE_IMAGES = 200  # images opened for the statistics
@@ -224,10 +225,10 @@ def crop_decisions(size: int, short: float, photo: bool) -> list[Decision]:
     """Photos: random-resized crops from a cache above the input size (timm's crop_pct 0.875)."""
     if not photo:
         return [Decision("prepare.cache_size", size, "the input size: no crops")]
-    cache = int(min(8 * math.ceil(size / 0.875 / 8), max(short, size)))
+    cache = int(min(8 * math.ceil(size / CROP_PCT / 8), max(short, size)))
     return [
-        Decision("prepare.cache_size", cache, "the input size / 0.875, for random-resized crops"),
-        Decision("base.crop_pct", 0.875, "validation sees the central crop, as timm's"),
+        Decision("prepare.cache_size", cache, f"input size / {CROP_PCT}: room for crops"),
+        Decision("base.crop_pct", CROP_PCT, "validation sees the central crop, as timm's"),
         Decision("augment.crop_scale", [0.35, 1.0], "random-resized crops for photos"),
         Decision("augment.crop_ratio", [0.75, 1.333], "random-resized crops for photos"),
     ]
