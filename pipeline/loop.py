@@ -194,7 +194,9 @@ class Stepper:
     spe: int | None = None  # batches an epoch: the same rows and batch size every epoch
 
 
-def resume(model, ckpt: Path, key, acc: Accelerator, log, on_lr_find) -> tuple[History, dict]:
+def resume(
+    model, ckpt: Path, key, acc: Accelerator, log, on_lr_find
+) -> tuple[History, dict | None]:
     """(History, checkpoint state) of a checkpoint made under `key`, its model, RNG, LR tests
     and rows restored and replayed; else a fresh history (a stale checkpoint folder removed)."""
     state = _load_checkpoint(ckpt, key)

@@ -122,7 +122,8 @@ def _binary_aucs(true: np.ndarray, probs: np.ndarray, cols: list[int]) -> list[f
             n_pos = int(y.sum())
             if not 0 < n_pos < len(y):
                 continue
-            lo, hi = np.searchsorted(ordered, s[y], "left"), np.searchsorted(ordered, s[y], "right")
+            pos = s[y]
+            lo, hi = np.searchsorted(ordered, pos, "left"), np.searchsorted(ordered, pos, "right")
             ranks = lo + (hi - lo + 1) / 2  # 1-based average rank among ties
             out.append(float((ranks.sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos))))
     return out

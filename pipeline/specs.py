@@ -86,7 +86,7 @@ def read_pseudolabels(folder: Path, index: Index, round_: int = 1) -> tuple[pd.D
     pseudolabel wrote them, checked against the index: one frame, id, label, confidence, classes."""
     labels, source = folder / "labels.csv", folder / "source.json"
     stage = pseudolabel_stage(round_)
-    for f in (labels, source):
+    for f in (labels, *pred_files(folder, "targets"), source):
         if not f.exists():
             raise PipelineError(f"{f}: missing; run `dvc repro {stage}` first")
     info = read_json(source)
@@ -111,10 +111,7 @@ def read_pseudolabels(folder: Path, index: Index, round_: int = 1) -> tuple[pd.D
 
 def with_targets(frame: pd.DataFrame, folder: Path, classes: list[str], stage: str) -> pd.DataFrame:
     """labels.csv's rows with targets.npy's class columns beside them (the same ids, in order)."""
-    try:
-        ids, targets = read_probs(folder, "targets", classes)
-    except PipelineError as e:
-        raise PipelineError(f"{e}; run `dvc repro {stage}`") from None
+    ids, targets = read_probs(folder, "targets", classes)
     if not np.array_equal(ids.to_numpy(), frame["id"].to_numpy()):
         raise PipelineError(
             f"{folder / 'targets.json'}: its ids are not those of {folder / 'labels.csv'}; run "
