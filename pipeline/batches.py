@@ -130,23 +130,33 @@ def batch_size(
     return 8
 
 
-def epoch_steps(rows: int, batch: int, ratio: float | None = None, accumulate: int = 1) -> int:
+def epoch_steps(
+    rows: int, batch: int, ratio: float | None = None, accumulate: int = 1, pseudo: int = 0
+) -> int:
     """Optimizer steps in one epoch over `rows` training rows, exactly as epoch_batches makes
     the batches and loop.accumulate steps over them (one every `accumulate` batches, one more for
     a rest): a teacher's shuffle drops a last partial batch (when there is more than one); a
     student's epoch (`ratio`: pseudo:labeled = 1:ratio) is one pass over the labeled rows, each
-    batch topped up with pseudolabels (at 1:3 a batch of 64 holds 48 labeled rows)."""
+    batch topped up with pseudolabels (at 1:3 a batch of 64 holds 48 labeled rows), or over its
+    `pseudo` pseudolabels when they need more batches (0: as many as fit in the labeled pass)."""
     if ratio is None:
         n = len(torch.utils.data.BatchSampler(range(rows), batch, drop_last=rows > batch))
     else:
-        n = len(mixed_batches(np.arange(rows), rows, batch, ratio, 0))  # the pseudo ids: moot
+        n = len(mixed_batches(np.arange(rows), pseudo or 1, batch, ratio, 0))
     return steps_per_epoch(n, accumulate)
 
 
 def mix_ratio(spec: Spec | None) -> float | None:
-    """pseudo.ratio for a student with pseudolabels to mix in; None for batches of labeled rows."""
-    mixed = spec is not None and spec.pseudo is not None and len(spec.pseudo) > 0
-    return spec.mix.ratio if mixed else None
+    """pseudo.ratio for a student with pseudolabels to mix in, or for its control (batches of the
+    same size and number); None for batches of labeled rows."""
+    return spec.mix.ratio if n_pseudo(spec) else None
+
+
+def n_pseudo(spec: Spec | None) -> int:
+    """The pseudolabels a student's batches are sized by: its own, or the control's student's."""
+    if spec is None or spec.pseudo is None:
+        return 0
+    return len(spec.pseudo) or spec.matched
 
 
 def pseudo_share(batch: int, ratio: float | None) -> int:
@@ -170,7 +180,7 @@ def check_steps(spec: Spec, d: FoldData, acc: Accelerator, accumulate: int = 1) 
     if not from_scratch(spec):
         return
     ratio = mix_ratio(spec)
-    per_epoch = epoch_steps(len(d.train_rows), d.batch, ratio, accumulate)
+    per_epoch = epoch_steps(len(d.train_rows), d.batch, ratio, accumulate, n_pseudo(spec))
     total = per_epoch * (spec.head_epochs + spec.epochs)
     if total < MIN_STEPS:
         epochs = "train.epochs" if spec.role is TEACHER else "pseudo.epochs"
@@ -255,7 +265,9 @@ def epoch_batches(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, tot
         order = torch.randperm(n, generator=g).tolist()
     if mix_ratio(spec) is not None:
         mix_seed = run_seed(p.base.seed, fold, spec.role.name, "pseudo", epoch)
-        return mixed_batches(np.array(order), len(spec.pseudo), d.batch, spec.mix.ratio, mix_seed)
+        fill = spec.matched > 0  # the control
+        return mixed_batches(np.array(order), n_pseudo(spec), d.batch, spec.mix.ratio, mix_seed,
+                             fill)  # fmt: skip
     return list(torch.utils.data.BatchSampler(order, d.batch, drop_last=n > d.batch))
 
 

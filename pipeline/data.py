@@ -263,32 +263,57 @@ def pseudo_per_batch(batch_size: int, ratio: float) -> int:
 
 
 def mixed_batches(
-    labeled: np.ndarray, n_pseudo: int, batch_size: int, ratio: float, seed: int
-) -> list[list[int]]:
-    """Index batches over [labeled rows..., pseudolabeled rows...] mixed 1:ratio.
+    labeled: np.ndarray, n_pseudo: int, batch_size: int, ratio: float, seed: int,
+    fill: bool = False,
+) -> list[list[int]]:  # fmt: skip
+    """Index batches over [labeled rows..., pseudolabeled rows...] mixed 1:ratio: one epoch is
+    one pass over whichever needs more batches, the other reshuffled as often as it takes.
 
-    `labeled` is this epoch's order of the labeled positions (each once for a shuffle). Every
-    batch holds pseudo_per_batch(...) pseudolabeled items; the last one takes the labeled rows
-    left and round(left / ratio) pseudolabeled ones (a last batch of one item joins the one
-    before). Pseudolabeled rows come from reshuffled passes over all of them: they cycle when
-    fewer than needed and are subsampled when more.
+    `labeled` is this epoch's order of the labeled positions. Every batch holds
+    pseudo_per_batch(...) pseudolabeled items; the last one takes what is left of the leading
+    side and its share of the other (a last batch of one item joins the one before). With few
+    pseudolabels (fewer than the labeled rows / ratio) each labeled row is used once and they
+    cycle; with more, each pseudolabel is used once and the labeled rows cycle, so that a test
+    set larger than the training set is seen whole every epoch. `fill` (the control run):
+    the same batches, the pseudolabeled places taken by more labeled rows.
     """
     n_ps = pseudo_per_batch(batch_size, ratio) if n_pseudo else 0
     n_lab = batch_size - n_ps
-    chunks = [labeled[i : i + n_lab] for i in range(0, len(labeled), n_lab)]
-    sizes = [n_ps] * len(chunks)
-    if n_ps and len(chunks[-1]) < n_lab:
-        sizes[-1] = int(len(chunks[-1]) / ratio + 0.5)
-    if len(chunks) > 1 and len(chunks[-1]) + sizes[-1] < 2:  # BatchNorm needs two items
-        chunks[-2:] = [np.concatenate(chunks[-2:])]
-        sizes.pop()
     rng = np.random.default_rng(seed)
-    need = sum(sizes)
-    passes = -(-need // n_pseudo) if n_pseudo else 0
-    stream = np.concatenate([rng.permutation(n_pseudo) for _ in range(passes)] or [[]])
-    stream = stream.astype(int) + len(labeled)
-    starts = np.cumsum([0, *sizes])
+    if n_ps and n_pseudo * n_lab > len(labeled) * n_ps:  # the pseudolabels need more batches
+        pseudo = rng.permutation(n_pseudo) + len(labeled)
+        ps_sizes, lab_sizes = batch_sizes(n_pseudo, n_ps, n_lab, ratio)
+        labs = cycled(np.asarray(labeled), sum(lab_sizes), rng)
+    else:
+        lab_sizes, ps_sizes = batch_sizes(len(labeled), n_lab, n_ps, 1 / ratio)
+        labs = np.asarray(labeled)
+        pseudo = cycled(np.arange(n_pseudo), sum(ps_sizes), rng) + len(labeled)
+    if fill:  # the control: labeled rows where the student's pseudolabels were
+        pseudo = cycled(np.asarray(labeled), len(pseudo), rng)
+    la, pa = np.cumsum([0, *lab_sizes]), np.cumsum([0, *ps_sizes])
     return [
-        [int(i) for i in chunk] + stream[a:b].tolist()
-        for chunk, a, b in zip(chunks, starts[:-1], starts[1:], strict=True)
+        labs[la[i] : la[i + 1]].tolist() + pseudo[pa[i] : pa[i + 1]].tolist()
+        for i in range(len(lab_sizes))
     ]
+
+
+def batch_sizes(n: int, per: int, per_other: int, share: float) -> tuple[list[int], list[int]]:
+    """Per batch, how many of the leading side's n items (`per` a batch, the rest in a last one)
+    and of the other side's (`per_other`; the last batch `share` of its leading items, half
+    rounding up); a last batch of one item joins the one before (BatchNorm needs two)."""
+    sizes = [per] * (n // per) + ([n % per] if n % per else [])
+    other = [per_other] * len(sizes)
+    if per_other and sizes[-1] < per:
+        other[-1] = int(sizes[-1] * share + 0.5)
+    if len(sizes) > 1 and sizes[-1] + other[-1] < 2:
+        sizes[-2:] = [sizes[-2] + sizes[-1]]
+        other[-2:] = [other[-2] + other[-1]]
+    return sizes, other
+
+
+def cycled(items: np.ndarray, need: int, rng: np.random.Generator) -> np.ndarray:
+    """`need` of `items`, in reshuffled passes over all of them (fewer than one pass: a sample)."""
+    if not need:
+        return np.zeros(0, int)
+    passes = -(-need // len(items))
+    return np.concatenate([items[rng.permutation(len(items))] for _ in range(passes)])[:need]

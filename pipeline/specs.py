@@ -40,6 +40,7 @@ class Spec:
     mix: Pseudo | None = None  # ratio, weight and its ramp-up
     files: tuple[Path, ...] = ()  # inputs beyond train.csv and folds.csv in the resume key
     pretrained: bool = False  # starts from pretrained weights (hub or file): fine-tuning
+    matched: int = 0  # the control: the student's pseudolabel count, its batches' size and number
 
 
 def backbone(p: Params, name: str, student: bool) -> str:
@@ -68,7 +69,8 @@ def student_spec(p: Params, name: str, fold: int, round_: int = 1) -> Spec | str
         return why
     folder = roles.pseudo_dir(round_) / f"fold{fold}"
     frame, source = read_pseudolabels(folder, read_index(), round_)
-    if ps.control:  # the same student, init, epochs and LR; labeled batches only
+    matched = len(frame) if ps.control else 0
+    if ps.control:  # the same student, init, epochs, LR and batches; labeled rows only
         frame = frame.iloc[:0]
     init = None
     if ps.init == "teacher":  # round 1: fold k's teacher; round r: round r - 1's student
@@ -78,7 +80,7 @@ def student_spec(p: Params, name: str, fold: int, round_: int = 1) -> Spec | str
     files = (folder / "labels.csv", *pred_files(folder, "targets"))
     files = files if init is None else (*files, init)
     return Spec(roles.student(round_), head, ps.epochs, ps.lr, init, frame, ps, files,
-                pretrained=p.model.pretrained is not False)  # fmt: skip
+                pretrained=p.model.pretrained is not False, matched=matched)  # fmt: skip
 
 
 def read_pseudolabels(folder: Path, index: Index, round_: int = 1) -> tuple[pd.DataFrame, dict]:

@@ -39,8 +39,10 @@ def test_pseudo_share_of_a_batch():
 
 
 @pytest.mark.parametrize("ratio", [2, 2.5, 3, 4])
-@pytest.mark.parametrize(("n_labeled", "n_pseudo"), [(500, 40), (500, 3000), (97, 10)])
+@pytest.mark.parametrize(("n_labeled", "n_pseudo"), [(500, 40), (500, 3000), (97, 10), (60, 21)])
 def test_every_batch_holds_the_configured_split(ratio, n_labeled, n_pseudo):
+    """The side that needs more batches leads: each of its items once, the other side cycling
+    (each used floor or ceil of its uses / its count) or subsampled (none twice)."""
     batch = 32
     order = np.random.default_rng(0).permutation(n_labeled)
     batches = mixed_batches(order, n_pseudo, batch, ratio, seed=1)
@@ -48,18 +50,46 @@ def test_every_batch_holds_the_configured_split(ratio, n_labeled, n_pseudo):
     splits = [(sum(i < n_labeled for i in b), sum(i >= n_labeled for i in b)) for b in batches]
     for lab, ps in splits[:-1]:
         assert (lab, ps) == (batch - want_ps, want_ps)
-    lab, ps = splits[-1]  # the rest of the labeled rows: their share within one item
+    lab, ps = splits[-1]  # the rest of the leading side: the other's share within one item
     assert abs(ps - lab / ratio) <= 1
-    labeled = [i for b in batches for i in b if i < n_labeled]
-    assert sorted(labeled) == list(range(n_labeled))  # every labeled row exactly once
+    labeled = Counter(i for b in batches for i in b if i < n_labeled)
     pseudo = Counter(i - n_labeled for b in batches for i in b if i >= n_labeled)
-    assert set(pseudo) <= set(range(n_pseudo))
-    used = sum(pseudo.values())
-    if used >= n_pseudo:  # they cycle: each one used floor or ceil of used / n times
-        assert len(pseudo) == n_pseudo
-        assert set(pseudo.values()) <= {used // n_pseudo, math.ceil(used / n_pseudo)}
+    pseudo_leads = n_pseudo * (batch - want_ps) > n_labeled * want_ps
+    lead, follow = (pseudo, labeled) if pseudo_leads else (labeled, pseudo)
+    n_lead, n_follow = (n_pseudo, n_labeled) if pseudo_leads else (n_labeled, n_pseudo)
+    assert sorted(lead) == list(range(n_lead)) and set(lead.values()) == {1}
+    assert set(follow) <= set(range(n_follow))
+    used = sum(follow.values())
+    if used >= n_follow:  # they cycle
+        assert len(follow) == n_follow
+        assert set(follow.values()) <= {used // n_follow, math.ceil(used / n_follow)}
     else:  # subsampled: none twice
-        assert max(pseudo.values()) == 1
+        assert max(follow.values()) == 1
+
+
+def test_a_test_set_larger_than_the_training_rows_is_seen_whole_every_epoch():
+    """500 labeled rows, 3000 pseudolabels at 1:3 in batches of 32 (24 + 8): 375 batches, every
+    pseudolabel once and every labeled row 18 times, where one pass over the labeled rows
+    (21 batches) showed 167 of the 3000."""
+    batches = mixed_batches(np.arange(500), 3000, 32, 3, seed=0)
+    assert len(batches) == 375 and all(len(b) == 32 for b in batches)
+    counts = Counter(i for b in batches for i in b)
+    assert all(counts[i] == 18 for i in range(500))
+    assert all(counts[500 + j] == 1 for j in range(3000))
+
+
+def test_the_control_has_the_students_batches_with_labeled_rows_in_the_pseudo_places():
+    """pseudo.control: as many batches of the same size as the student's, nothing pseudolabeled;
+    the student's labeled places hold the same rows in the same order."""
+    for n_pseudo in (40, 3000):
+        student = mixed_batches(np.arange(500), n_pseudo, 32, 3, seed=4)
+        control = mixed_batches(np.arange(500), n_pseudo, 32, 3, seed=4, fill=True)
+        assert [len(b) for b in control] == [len(b) for b in student]
+        assert all(i < 500 for b in control for i in b)
+        student_labeled = [[i for i in b if i < 500] for b in student]
+        assert [
+            c[: len(s)] for c, s in zip(control, student_labeled, strict=True)
+        ] == student_labeled
 
 
 def test_pseudo_rows_are_reshuffled_every_pass_and_epoch():
@@ -373,11 +403,16 @@ def test_the_control_student_trains_the_same_epochs_on_labeled_rows_only(workdir
     p = teach(workdir, {"pseudo": {"threshold": 0.0, "control": True}})
     spec = specs.student_spec(p, "resnet10t", 0)
     assert len(spec.pseudo) == 0 and spec.epochs == p.pseudo.epochs and spec.init is not None
+    kept = pd.read_csv(workdir / "pseudo/fold0/labels.csv")
+    assert spec.matched == len(kept) > 0  # its batches are sized by the student's pseudolabels
     d = batches.fold_data(p, read_index(), model.create("resnet10t", 3, False), 0, None)
     loader = batches.train_loaders(p, spec, d, 0)(0, 2)
     labeled_part, pseudo_part = loader.dataset.dataset.dataset.datasets
-    used = sorted(i for b in loader.batch_sampler for i in b)
-    assert len(pseudo_part) == 0 and used == list(range(len(labeled_part)))
+    made = list(loader.batch_sampler)
+    like = mixed_batches(np.arange(len(labeled_part)), len(kept), d.batch, p.pseudo.ratio, 0)
+    assert [len(b) for b in made] == [len(b) for b in like]  # the student's batches, in size
+    used = {i for b in made for i in b}
+    assert len(pseudo_part) == 0 and used == set(range(len(labeled_part)))
     train.run(p, "resnet10t", 0, student=True)
     assert "pseudo.control: the student trains on labeled rows only" in capsys.readouterr().out
     info = json.loads((workdir / "students/models/resnet10t/fold0/model.json").read_text())

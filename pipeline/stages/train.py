@@ -300,16 +300,25 @@ def describe(title: str, spec: Spec, d: FoldData, groups, phases, acc) -> str:
     )  # fmt: skip
     acc.print(text)
     if spec.pseudo is not None:
-        mix_note(spec, d.batch, acc)
+        mix_note(spec, d.batch, len(d.train_rows), acc)
     return text
 
 
-def mix_note(spec: Spec, batch: int, acc: Accelerator) -> None:
+def mix_note(spec: Spec, batch: int, rows: int, acc: Accelerator) -> None:
     n = pseudo_per_batch(batch, spec.mix.ratio) if len(spec.pseudo) else 0
+    kept = len(spec.pseudo) or spec.matched
+    if kept * (batch - n) > rows * n > 0:
+        acc.print(
+            f"an epoch: one pass over the {kept} pseudolabels, the {rows} labeled rows "
+            f"{kept * (batch - n) / (rows * n):.1f} times (pseudo.ratio {spec.mix.ratio})"
+        )
     if spec.mix.noise:
         acc.print("student noise: " + ", ".join(f"{k} {v}" for k, v in spec.mix.noise.items()))
     if spec.mix.control:
-        acc.print("pseudo.control: the student trains on labeled rows only (the control run)")
+        acc.print(
+            "pseudo.control: the student trains on labeled rows only (the control run), in as "
+            f"many batches of {batch} as with its {spec.matched} pseudolabels"
+        )
     elif not len(spec.pseudo):
         acc.print(
             f"warning: no test image reached pseudo.threshold {spec.mix.threshold}; the student "
