@@ -280,16 +280,17 @@ def mixed_batches(
     n_ps = pseudo_per_batch(batch_size, ratio) if n_pseudo else 0
     n_lab = batch_size - n_ps
     rng = np.random.default_rng(seed)
+    labeled = np.asarray(labeled)
     if n_ps and n_pseudo * n_lab > len(labeled) * n_ps:  # the pseudolabels need more batches
         pseudo = rng.permutation(n_pseudo) + len(labeled)
         ps_sizes, lab_sizes = batch_sizes(n_pseudo, n_ps, n_lab, ratio)
-        labs = cycled(np.asarray(labeled), sum(lab_sizes), rng)
+        labs = cycled(labeled, sum(lab_sizes), rng)
     else:
         lab_sizes, ps_sizes = batch_sizes(len(labeled), n_lab, n_ps, 1 / ratio)
-        labs = np.asarray(labeled)
+        labs = labeled
         pseudo = cycled(np.arange(n_pseudo), sum(ps_sizes), rng) + len(labeled)
     if fill:  # the control: labeled rows where the student's pseudolabels were
-        pseudo = cycled(np.asarray(labeled), len(pseudo), rng)
+        pseudo = cycled(labeled, len(pseudo), rng)
     la, pa = np.cumsum([0, *lab_sizes]), np.cumsum([0, *ps_sizes])
     return [
         labs[la[i] : la[i + 1]].tolist() + pseudo[pa[i] : pa[i + 1]].tolist()

@@ -39,6 +39,7 @@ from pipeline.batches import (
     check_steps,
     epoch_size,
     fold_data,
+    n_pseudo,
     run_seed,
     train_loaders,
     valid_loader,
@@ -306,7 +307,7 @@ def describe(title: str, spec: Spec, d: FoldData, groups, phases, acc) -> str:
 
 def mix_note(spec: Spec, batch: int, rows: int, acc: Accelerator) -> None:
     n = pseudo_per_batch(batch, spec.mix.ratio) if len(spec.pseudo) else 0
-    kept = len(spec.pseudo) or spec.matched
+    kept = n_pseudo(spec)
     if kept * (batch - n) > rows * n > 0:
         acc.print(
             f"an epoch: one pass over the {kept} pseudolabels, the {rows} labeled rows "
