@@ -14,10 +14,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # does it on every core (58 s). Like pip it skips files this Python cannot compile (torch ships
 # Python 3.12-only test helpers), hence `|| true`. The .pyc files are needed: where
 # PYTHONDONTWRITEBYTECODE is set, as on this machine, every process would compile torch again.
+# --no-cache-dir: pip would also keep a copy of every wheel it downloads (torch's CUDA build and its
+# libraries: several GB), which a machine with little free disk cannot hold beside the venv.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/pip install --quiet --no-cache-dir --upgrade pip
+	$(BIN)/pip install --quiet --no-cache-dir --no-compile -e '.[dev]'
 	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $@
 
