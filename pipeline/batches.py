@@ -217,24 +217,40 @@ def train_loaders(p: Params, spec: Spec, d: FoldData, fold: int) -> Callable[[in
 
 
 def epoch_dataset(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, total: int):
-    """One epoch's training items; a student's are mixed with pseudolabels, weights attached."""
-    strength = epoch_strength(p.augment, epoch, total)
+    """One epoch's training items; a student's are mixed with pseudolabels, weights attached.
+    The pseudolabeled places take p.pseudo_augment() (pseudo.noise_on); the control's hold
+    labeled rows, again, under that augmentation."""
     seed = run_seed(p.base.seed, fold, spec.role.name, "epoch", epoch)
-    tf = build_transforms("train", strength, p.augment, **d.norm, seed=seed)
-    ds = split_dataset(d.index, "train", d.train_rows, tf, epoch_size(d.sizes, epoch, total))
-    if spec.pseudo is not None:
-        pseudo, order = pseudo_images(d.index, spec.pseudo["id"], tf, ds.size)
-        rows = spec.pseudo.iloc[order]
-        n_classes = len(d.index.classes)
-        targets = d.targets if d.targets.ndim == 2 else np.eye(n_classes)[d.targets]
-        weight = schedules.rampup(epoch, spec.mix.weight_rampup, spec.mix.weight)
-        if spec.mix.weighting == "confidence":
-            multi = d.index.meta["task"] == "multi_label"
-            weight = weight * confidence_weights(rows["confidence"], n_classes, multi)
-        ds = torch.utils.data.ConcatDataset(
-            [Weighted(ds, targets, 1.0), Weighted(pseudo, rows[d.index.classes].to_numpy(), weight)]
-        )
-    return Seeded(ds, tf, seed)
+    tf = epoch_transform(p.augment, epoch, total, d, seed)
+    size = epoch_size(d.sizes, epoch, total)
+    ds = split_dataset(d.index, "train", d.train_rows, tf, size)
+    if spec.pseudo is None:
+        return Seeded(ds, [tf], seed)
+    strong = p.pseudo_augment()
+    tf_ps = tf if strong == p.augment else epoch_transform(strong, epoch, total, d, seed)
+    n_classes = len(d.index.classes)
+    targets = d.targets if d.targets.ndim == 2 else np.eye(n_classes)[d.targets]
+    labeled = Weighted(ds, targets, 1.0)
+    if spec.matched:  # the control: its fill indexes this copy (mixed_batches)
+        again = split_dataset(d.index, "train", d.train_rows, tf_ps, size)
+        return Seeded(concat(labeled, Weighted(again, targets, 1.0)), [tf, tf_ps], seed)
+    pseudo, order = pseudo_images(d.index, spec.pseudo["id"], tf_ps, size)
+    rows = spec.pseudo.iloc[order]
+    weight = schedules.rampup(epoch, spec.mix.weight_rampup, spec.mix.weight)
+    if spec.mix.weighting == "confidence":
+        multi = d.index.meta["task"] == "multi_label"
+        weight = weight * confidence_weights(rows["confidence"], n_classes, multi)
+    pseudo = Weighted(pseudo, rows[d.index.classes].to_numpy(), weight)
+    return Seeded(concat(labeled, pseudo), [tf, tf_ps], seed)
+
+
+def epoch_transform(aug, epoch: int, total: int, d: FoldData, seed: int):
+    """The training transform at this epoch's scheduled strength of `aug`."""
+    return build_transforms("train", epoch_strength(aug, epoch, total), aug, **d.norm, seed=seed)
+
+
+def concat(*parts: torch.utils.data.Dataset) -> torch.utils.data.ConcatDataset:
+    return torch.utils.data.ConcatDataset(parts)
 
 
 def pseudo_images(index: Index, ids: pd.Series, tf, size: int):

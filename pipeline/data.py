@@ -54,8 +54,9 @@ class Seeded(torch.utils.data.Dataset):
     batches, hence the same weights (albumentations would otherwise copy one generator state
     into every worker, and the workers would repeat each other's draws)."""
 
-    def __init__(self, dataset: torch.utils.data.Dataset, transform: Transform, seed: int):
-        self.dataset, self.transform, self.seed = dataset, transform, seed
+    def __init__(self, dataset: torch.utils.data.Dataset, transforms: list[Transform], seed: int):
+        self.dataset, self.seed = dataset, seed
+        self.transforms = list({id(t): t for t in transforms}.values())  # each one once
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -64,8 +65,11 @@ class Seeded(torch.utils.data.Dataset):
         return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: list[int]) -> list:
-        state = np.random.SeedSequence([self.seed, *map(int, indices)]).generate_state(1)[0]
-        self.transform.set_random_seed(int(state))
+        states = np.random.SeedSequence([self.seed, *map(int, indices)])
+        for tf, state in zip(
+            self.transforms, states.generate_state(len(self.transforms)), strict=True
+        ):
+            tf.set_random_seed(int(state))
         return [self.dataset[i] for i in indices]
 
 
@@ -275,7 +279,8 @@ def mixed_batches(
     pseudolabels (fewer than the labeled rows / ratio) each labeled row is used once and they
     cycle; with more, each pseudolabel is used once and the labeled rows cycle, so that a test
     set larger than the training set is seen whole every epoch. `fill` (the control run):
-    the same batches, the pseudolabeled places taken by more labeled rows.
+    the same batches, the pseudolabeled places taken by more labeled rows, indexed in a copy
+    of them after the originals (n + i: the copy takes the pseudolabels' augmentation).
     """
     n_ps = pseudo_per_batch(batch_size, ratio) if n_pseudo else 0
     n_lab = batch_size - n_ps
@@ -289,8 +294,8 @@ def mixed_batches(
         lab_sizes, ps_sizes = batch_sizes(len(labeled), n_lab, n_ps, 1 / ratio)
         labs = labeled
         pseudo = cycled(np.arange(n_pseudo), sum(ps_sizes), rng) + len(labeled)
-    if fill:  # the control: labeled rows where the student's pseudolabels were
-        pseudo = cycled(labeled, len(pseudo), rng)
+    if fill:  # the control: labeled rows where the student's pseudolabels were, from the copy
+        pseudo = cycled(labeled, len(pseudo), rng) + len(labeled)  # after them (epoch_dataset)
     la, pa = np.cumsum([0, *lab_sizes]), np.cumsum([0, *ps_sizes])
     return [
         labs[la[i] : la[i + 1]].tolist() + pseudo[pa[i] : pa[i + 1]].tolist()

@@ -242,6 +242,9 @@ class Pseudo(Section):
     control: bool  # the students train on labeled rows only: what their extra epochs alone give
     # round r's students label the test set for round r + 1's; the last round's are submitted
     rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS)]
+    # all: pseudo.noise's augment keys augment every image a student trains on; pseudolabels:
+    # only the pseudolabeled ones (FixMatch's strong view), the labeled rows keep the teachers'
+    noise_on: Literal["all", "pseudolabels"]  # (before noise: its validator reads it)
     # the students' own noise (Noisy Student): {augment.KEY or model.drop_rate / drop_path_rate:
     # value} over the teachers' params; {}: the teachers' noise
     noise: dict[str, float | str | bool | list[float]]
@@ -251,13 +254,19 @@ class Pseudo(Section):
 
     @field_validator("noise")
     @classmethod
-    def _noise_keys(cls, v: dict) -> dict:
+    def _noise_keys(cls, v: dict, info: ValidationInfo) -> dict:
         allowed = {f"augment.{k}" for k in Augment.model_fields} | NOISE_MODEL_KEYS
         unknown = sorted(set(v) - allowed)
         if unknown:
             raise ValueError(
                 f"{unknown[0]!r} is not a student noise key: augment.* (e.g. "
                 "augment.strength_start, augment.mixup), model.drop_rate or model.drop_path_rate"
+            )
+        batchwide = sorted(set(v) & {"augment.mixup", "augment.cutmix"})
+        if info.data.get("noise_on") == "pseudolabels" and batchwide:
+            raise ValueError(
+                f"{batchwide[0]} mixes whole batches, labeled rows too; with pseudo.noise_on: "
+                "pseudolabels give per-image keys only (e.g. augment.cutout)"
             )
         return v
 
@@ -330,7 +339,7 @@ class Params(Section):
             raise ValueError("lr_find.end must be larger than lr_find.start")
         self._check_recipe()
         self._check_students()
-        self.student()  # pseudo.noise's values, checked as the sections check their own
+        self.noised("augment"), self.noised("model")  # pseudo.noise's values, as sections do
         ps = self.pseudo
         if self.diagnose.fold not in self.base.folds:
             raise ValueError(f"diagnose.fold {self.diagnose.fold} is not in base.folds")
@@ -349,22 +358,24 @@ class Params(Section):
         return self.head.epochs
 
     def student(self) -> Params:
-        """The students' params: the teachers' with pseudo.noise's augment and model keys."""
-        over: dict[str, dict] = {"augment": {}, "model": {}}
-        for key, value in self.pseudo.noise.items():
-            section, leaf = key.split(".")
-            over[section][leaf] = value
-        sections = {}
-        for name, part in over.items():
-            section = getattr(self, name)
-            try:
-                sections[name] = type(section).model_validate(section.model_dump() | part)
-            except ValidationError as e:
-                err = e.errors()[0]
-                where = f"{name}.{err['loc'][0]}" if err["loc"] else name
-                msg = err["msg"].removeprefix("Value error, ")
-                raise ValueError(f"pseudo.noise: {where}: {msg}") from None
-        return self.model_copy(update=sections)
+        """The teachers' params with pseudo.noise's keys (augment's: if pseudo.noise_on: all)."""
+        names = ["model"] + ([] if self.pseudo.noise_on == "pseudolabels" else ["augment"])
+        return self.model_copy(update={name: self.noised(name) for name in names})
+
+    def pseudo_augment(self) -> Augment:  # the pseudolabeled images': pseudo.noise's augment keys
+        return self.noised("augment")
+
+    def noised(self, name: str):
+        """Section `name` (augment or model) with pseudo.noise's keys of that section."""
+        section, noise = getattr(self, name), self.pseudo.noise.items()
+        try:
+            part = {k.split(".")[1]: v for k, v in noise if k.split(".")[0] == name}
+            return type(section).model_validate(section.model_dump() | part)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = f"{name}.{err['loc'][0]}" if err["loc"] else name
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ValueError(f"pseudo.noise: {where}: {msg}") from None
 
     def students(self) -> dict[str, str]:
         """Each teacher's student: {its folder name (the teacher's backbone): its backbone}."""

@@ -12,7 +12,7 @@ NOT_WEIGHTS = {  # but these: which model it is, how fast it runs, what folds.cs
 STUDENT_OWN = frozenset({"epochs", "lr"})  # train.* keys a student takes from pseudo.* instead
 # the pseudo keys that shape a student's weights (its selection acts through its labels file)
 STUDENT_KEYS = frozenset({"init", "ratio", "weight", "weighting", "weight_rampup", "epochs", "lr",
-                          "control", "noise", "backbones"})  # fmt: skip
+                          "control", "noise", "noise_on", "backbones"})  # fmt: skip
 # the pseudo keys that choose the pseudolabels, recorded in pseudo/foldK/source.json
 SELECTION = ("enabled", "source", "threshold", "weighting", "class_cap", "soft", "temperature",
              "extra")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -80,12 +81,16 @@ def test_a_test_set_larger_than_the_training_rows_is_seen_whole_every_epoch():
 
 def test_the_control_has_the_students_batches_with_labeled_rows_in_the_pseudo_places():
     """pseudo.control: as many batches of the same size as the student's, nothing pseudolabeled;
-    the student's labeled places hold the same rows in the same order."""
+    the student's labeled places hold the same rows in the same order, its pseudolabeled places
+    labeled rows of the copy after them (500 + i: row i under the pseudolabels' augmentation)."""
     for n_pseudo in (40, 3000):
         student = mixed_batches(np.arange(500), n_pseudo, 32, 3, seed=4)
         control = mixed_batches(np.arange(500), n_pseudo, 32, 3, seed=4, fill=True)
         assert [len(b) for b in control] == [len(b) for b in student]
-        assert all(i < 500 for b in control for i in b)
+        assert all(i < 1000 for b in control for i in b)
+        assert [sum(i >= 500 for i in b) for b in control] == [
+            sum(i >= 500 for i in b) for b in student
+        ]
         student_labeled = [[i for i in b if i < 500] for b in student]
         assert [
             c[: len(s)] for c, s in zip(control, student_labeled, strict=True)
@@ -411,8 +416,10 @@ def test_the_control_student_trains_the_same_epochs_on_labeled_rows_only(workdir
     made = list(loader.batch_sampler)
     like = mixed_batches(np.arange(len(labeled_part)), len(kept), d.batch, p.pseudo.ratio, 0)
     assert [len(b) for b in made] == [len(b) for b in like]  # the student's batches, in size
-    used = {i for b in made for i in b}
-    assert len(pseudo_part) == 0 and used == set(range(len(labeled_part)))
+    n = len(labeled_part)
+    assert len(pseudo_part) == n  # the labeled rows again, for the pseudolabels' places
+    assert {i % n for b in made for i in b} == set(range(n))
+    assert [sum(i >= n for i in b) for b in made] == [sum(i >= n for i in b) for b in like]
     train.run(p, "resnet10t", 0, student=True)
     assert "pseudo.control: the student trains on labeled rows only" in capsys.readouterr().out
     info = json.loads((workdir / "students/models/resnet10t/fold0/model.json").read_text())
@@ -437,6 +444,40 @@ def test_student_noise_overrides_the_teachers_augmentation_and_dropout(workdir, 
     quiet = parse_params(tiny_params({"pseudo": {"threshold": 0.0}}))
     loud = specs.fingerprint(p.student(), "resnet10t", 0, student=True)
     assert loud["params"] != specs.fingerprint(quiet, "resnet10t", 0, student=True)["params"]
+
+
+def test_noise_on_pseudolabels_augments_only_the_pseudolabeled_images(workdir, capsys):
+    """pseudo.noise_on: pseudolabels: the labeled rows keep the teachers' augmentation (none at
+    epoch 0 here), the pseudolabeled images take pseudo.noise's; so do the control's rows in the
+    pseudolabels' places."""
+    noise = {"augment.strength_start": 1.0, "augment.clean_epochs": 0}
+    ps = {"threshold": 0.0, "noise": noise, "noise_on": "pseudolabels"}
+    aug = {"strength_start": 0.0}
+    p = teach(workdir, {"pseudo": ps, "augment": aug})
+    s = p.student()
+    assert s.augment == p.augment and s.pseudo_augment().strength_start == 1.0
+    d = batches.fold_data(s, read_index(), model.create("resnet10t", 3, False), 0, None)
+    plain = batches.build_transforms("valid", 0, None, **d.norm)
+    for control in (False, True):
+        c = parse_params(tiny_params({"pseudo": ps | {"control": control}, "augment": aug}))
+        spec = specs.student_spec(c.student(), "resnet10t", 0)
+        labeled, places = batches.epoch_dataset(c.student(), spec, d, 0, 0, 3).dataset.datasets
+        assert len(places) == (len(d.train_rows) if control else len(spec.pseudo)) > 0
+        for part, augmented in ((labeled, False), (places, True)):
+            unaugmented = copy.copy(part.images)
+            unaugmented.transform = plain
+            assert torch.equal(part.images[0][0], unaugmented[0][0]) is not augmented
+    train.run(p, "resnet10t", 0, student=True)
+    out = capsys.readouterr().out
+    assert "student noise (augment keys: the pseudolabeled images only): augment.strength_" in out
+
+
+def test_batchwide_noise_on_pseudolabels_only_is_refused():
+    noise = {"augment.mixup": 0.2}
+    with pytest.raises(
+        PipelineError, match="key .pseudo.noise.: augment.mixup mixes whole batches"
+    ):
+        parse_params(tiny_params({"pseudo": {"noise": noise, "noise_on": "pseudolabels"}}))
 
 
 @pytest.mark.parametrize(

@@ -314,7 +314,8 @@ def mix_note(spec: Spec, batch: int, rows: int, acc: Accelerator) -> None:
             f"{kept * (batch - n) / (rows * n):.1f} times (pseudo.ratio {spec.mix.ratio})"
         )
     if spec.mix.noise:
-        acc.print("student noise: " + ", ".join(f"{k} {v}" for k, v in spec.mix.noise.items()))
+        on = " (augment keys: the pseudolabeled images only)" * (spec.mix.noise_on != "all")
+        acc.print(f"student noise{on}: " + ", ".join(f"{k} {v}" for k, v in spec.mix.noise.items()))
     if spec.mix.control:
         acc.print(
             "pseudo.control: the student trains on labeled rows only (the control run), in as "
