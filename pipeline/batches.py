@@ -282,9 +282,19 @@ def epoch_batches(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, tot
     if mix_ratio(spec) is not None:
         mix_seed = run_seed(p.base.seed, fold, spec.role.name, "pseudo", epoch)
         fill = spec.matched > 0  # the control
-        return mixed_batches(np.array(order), n_pseudo(spec), d.batch, spec.mix.ratio, mix_seed,
+        made = mixed_batches(np.array(order), n_pseudo(spec), d.batch, spec.mix.ratio, mix_seed,
                              fill)  # fmt: skip
+        return without_copies(made, n) if spec.mix.control == "drop" else made
     return list(torch.utils.data.BatchSampler(order, d.batch, drop_last=n > d.batch))
+
+
+def without_copies(batches: list[list[int]], n: int) -> list[list[int]]:
+    """pseudo.control: drop: the control's batches with the pseudolabels' places left out (the
+    student's labeled rows, step for step); a last batch under two rows (BatchNorm needs two)
+    takes the first batch's first rows, so that the steps stay as many (epoch_steps)."""
+    kept = [[i for i in b if i < n] for b in batches]
+    kept[-1] += kept[0][: max(0, 2 - len(kept[-1]))]
+    return kept
 
 
 def valid_loader(p: Params, d: FoldData, acc: Accelerator) -> Loader:

@@ -239,7 +239,9 @@ class Pseudo(Section):
     lr: Pos | Literal["auto"]  # the student's peak LR of the head group (train.lr for teachers)
     blend_teachers: bool  # the final ensemble averages teachers and students, not students alone
     submit: Literal["auto", "students"]  # auto: the teachers when the students score worse
-    control: bool  # the students train on labeled rows only: what their extra epochs alone give
+    # the students train on labeled rows only: what their extra epochs alone give; true: labeled
+    # rows fill the pseudolabels' places, drop: the student's batches without the pseudolabels
+    control: bool | Literal["drop"]
     # round r's students label the test set for round r + 1's; the last round's are submitted
     rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS)]
     # all: pseudo.noise's augment keys augment every image a student trains on; pseudolabels:

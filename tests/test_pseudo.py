@@ -429,6 +429,31 @@ def test_the_control_student_trains_the_same_epochs_on_labeled_rows_only(workdir
     assert not torch.equal(student["fc.weight"], teacher["fc.weight"])  # it did train on
 
 
+def test_the_drop_control_trains_the_students_labeled_rows_step_for_step():
+    """pseudo.control: drop: the student's batches with the pseudolabels left out."""
+    for n_pseudo in (40, 3000):
+        student = mixed_batches(np.arange(500), n_pseudo, 32, 3, seed=4)
+        control = mixed_batches(np.arange(500), n_pseudo, 32, 3, seed=4, fill=True)
+        dropped = batches.without_copies(control, 500)
+        labeled = [[i for i in b if i < 500] for b in student]
+        assert len(dropped) == len(student) and dropped[:-1] == labeled[:-1]
+        assert dropped[-1][: len(labeled[-1])] == labeled[-1] and len(dropped[-1]) >= 2
+    assert batches.without_copies([[0, 1, 9], [2, 8]], 5) == [[0, 1], [2, 0]]  # BatchNorm: two
+
+
+def test_the_drop_control_stage_leaves_the_pseudolabels_places_out(workdir, capsys):
+    p = teach(workdir, {"pseudo": {"threshold": 0.0, "control": "drop"}})
+    spec = specs.student_spec(p, "resnet10t", 0)
+    d = batches.fold_data(p, read_index(), model.create("resnet10t", 3, False), 0, None)
+    made = list(batches.train_loaders(p, spec, d, 0)(0, 2).batch_sampler)
+    n_ps = pseudo_per_batch(d.batch, p.pseudo.ratio)
+    assert all(i < len(d.train_rows) for b in made for i in b)
+    assert [len(b) for b in made[:-1]] == [d.batch - n_ps] * (len(made) - 1)
+    train.run(p, "resnet10t", 0, student=True)
+    out = capsys.readouterr().out
+    assert f"many batches of {d.batch - n_ps} (the pseudolabels left out) as with its" in out
+
+
 def test_student_noise_overrides_the_teachers_augmentation_and_dropout(workdir, capsys):
     noise = {"augment.strength_start": 1.0, "augment.mixup": 0.2, "model.drop_path_rate": 0.1}
     p = teach(workdir, {"pseudo": {"threshold": 0.0, "noise": noise}})

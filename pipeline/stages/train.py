@@ -317,9 +317,13 @@ def mix_note(spec: Spec, batch: int, rows: int, acc: Accelerator) -> None:
         on = " (augment keys: the pseudolabeled images only)" * (spec.mix.noise_on != "all")
         acc.print(f"student noise{on}: " + ", ".join(f"{k} {v}" for k, v in spec.mix.noise.items()))
     if spec.mix.control:
+        left = batch - pseudo_per_batch(batch, spec.mix.ratio)
+        how = (
+            f"of {batch}" if spec.mix.control is True else f"of {left} (the pseudolabels left out)"
+        )
         acc.print(
             "pseudo.control: the student trains on labeled rows only (the control run), in as "
-            f"many batches of {batch} as with its {spec.matched} pseudolabels"
+            f"many batches {how} as with its {spec.matched} pseudolabels"
         )
     elif not len(spec.pseudo):
         acc.print(
