@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from pipeline.files import PipelineError
+from pipeline.params_checks import check_recipe, check_students
 from pipeline.params_errors import error_message, read_yaml
 
 Count = Annotated[int, Field(ge=0)]  # epochs, workers, attempts: zero allowed
@@ -339,8 +340,8 @@ class Params(Section):
             raise ValueError("head.epochs + train.epochs must be at least 1")
         if self.lr_find.end <= self.lr_find.start:
             raise ValueError("lr_find.end must be larger than lr_find.start")
-        self._check_recipe()
-        self._check_students()
+        check_recipe(self)
+        check_students(self)
         self.noised("augment"), self.noised("model")  # pseudo.noise's values, as sections do
         ps = self.pseudo
         if self.diagnose.fold not in self.base.folds:
@@ -383,59 +384,6 @@ class Params(Section):
         """Each teacher's student: {its folder name (the teacher's backbone): its backbone}."""
         over = self.pseudo.backbones or {}
         return {t: over.get(t, t) for t in self.train.backbones}
-
-    def _check_students(self) -> None:
-        ps, teachers = self.pseudo, self.train.backbones
-        unknown = sorted(set(ps.backbones or {}) - set(teachers))
-        if unknown:
-            raise ValueError(
-                f"pseudo.backbones maps {unknown}, not in train.backbones {teachers}: map a "
-                "teacher to its student's backbone, or set pseudo.backbones: null"
-            )
-        other = {t: s for t, s in self.students().items() if s != t}
-        if ps.enabled and ps.init == "teacher" and other:
-            raise ValueError(
-                f"pseudo.init: teacher refines each teacher's own backbone, but pseudo.backbones "
-                f"gives {other}; use pseudo.init: scratch for another backbone"
-            )
-        if ps.enabled and ps.rounds > 1 and ps.source == "ensemble":
-            raise ValueError(
-                "pseudo.rounds > 1 labels each round from the last round's students of the same "
-                "fold; use pseudo.source: fold (source: ensemble is for one round)"
-            )
-        if ps.enabled and ps.extra is not None and ps.source == "ensemble":
-            raise ValueError(
-                "pseudo.extra's images are labelled by each fold's teachers; use pseudo.source: "
-                "fold (the ensemble's blend covers the test set only)"
-            )
-        archs = list(self.students().values())
-        twice = sorted({s for s in archs if archs.count(s) > 1})
-        if ps.enabled and twice:  # from scratch on the same pseudolabels: one model, twice
-            raise ValueError(
-                f"pseudo.backbones: two teachers' students are both {twice[0]} from scratch, "
-                "the same model trained twice; map only one of them"
-            )
-
-    def _check_recipe(self) -> None:
-        ps, aug, sizes = self.pseudo, self.augment, self.train.sizes
-        head = self.head_epochs()
-        runs = [("head.epochs + train.epochs", head + self.train.epochs)]
-        if ps.enabled:
-            runs.append(("pseudo.epochs", ps.epochs + (head * (ps.init == "scratch"))))
-        for what, epochs in runs:
-            if aug.clean_epochs >= epochs:
-                raise ValueError(
-                    f"augment.clean_epochs ({aug.clean_epochs}) leaves no augmented epoch in "
-                    f"{what} ({epochs})"
-                )
-        if sizes is not None:
-            if not sizes or sizes != sorted(sizes):
-                raise ValueError(f"train.sizes must be a non-empty, rising list, got {sizes}")
-            if self.base.image_size is not None and sizes[-1] != self.base.image_size:
-                raise ValueError(
-                    f"train.sizes ends at {sizes[-1]} but base.image_size is "
-                    f"{self.base.image_size}: the last size is the one predict uses"
-                )
 
 
 def parse_params(raw: object, source: str = "params.yaml") -> Params:
