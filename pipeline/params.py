@@ -343,12 +343,8 @@ class Params(Section):
         check_recipe(self)
         check_students(self)
         self.noised("augment"), self.noised("model")  # pseudo.noise's values, as sections do
-        ps = self.pseudo
         if self.diagnose.fold not in self.base.folds:
             raise ValueError(f"diagnose.fold {self.diagnose.fold} is not in base.folds")
-        head = self.head_epochs() if ps.init == "scratch" else 0  # a refined teacher has its head
-        if ps.enabled and head + ps.epochs < 1:
-            raise ValueError(f"pseudo.epochs must be at least 1 with pseudo.init: {ps.init}")
         return self
 
     def head_epochs(self) -> int:

@@ -43,7 +43,8 @@ def check_students(p) -> None:
 
 
 def check_recipe(p) -> None:
-    """Every run has an augmented epoch, and progressive resizing ends at the input size."""
+    """Every run has an augmented epoch (so a student of no epochs is refused here, naming
+    pseudo.epochs), and progressive resizing ends at the input size."""
     ps, aug, sizes = p.pseudo, p.augment, p.train.sizes
     head = p.head_epochs()
     runs = [("head.epochs + train.epochs", head + p.train.epochs)]

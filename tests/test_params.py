@@ -92,3 +92,12 @@ def test_rules_across_sections(raw):
     bad["head"]["epochs"], bad["train"]["epochs"] = 0, 0
     with pytest.raises(PipelineError, match=r"head\.epochs \+ train\.epochs must be at least 1"):
         parse_params(bad)
+
+
+def test_a_student_of_no_epochs_is_named(raw):
+    for init, head in (("teacher", 1), ("scratch", 0)):  # a refined teacher has no head phase
+        bad = copy.deepcopy(raw)
+        bad["pseudo"].update(epochs=0, init=init)
+        bad["head"]["epochs"], bad["augment"]["clean_epochs"] = head, 0
+        with pytest.raises(PipelineError, match=r"no augmented epoch in pseudo\.epochs \(0\)"):
+            parse_params(bad)
