@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import os
 
@@ -11,8 +12,10 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -133,10 +136,35 @@ class Project:
             cmd = [DVC, *cmd[1:]]
         elif cmd[0] == "pipeline":
             cmd = [sys.executable, "-m", "pipeline", *cmd[1:]]
-        res = subprocess.run(cmd, cwd=self.path, env=self.env, capture_output=True, text=True)
+        res = run_group(cmd, cwd=self.path, env=self.env)
         if check and res.returncode != 0:
             raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
         return res
+
+
+def run_group(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    """`subprocess.run` in a process group of its own, killed whole if the caller stops (Ctrl-C,
+    SIGTERM, a test timeout): no `dvc repro` or stage outlives the benchmark or test that ran it."""
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _terminated) if main else None
+    try:
+        with subprocess.Popen(cmd, **kw, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, start_new_session=True) as proc:  # fmt: skip
+            try:
+                out, err = proc.communicate()
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait()
+                raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, old)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _terminated(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
 """benchmarks/scale.py on its smallest competitions: the generated data goes through the real
 stages up to submit, and the table has a row per stage asked for; a process past the memory
-limit is stopped and said to be."""
+limit is stopped and said to be; a benchmark stopped by SIGTERM leaves no `dvc repro` behind."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -56,3 +59,27 @@ def test_a_process_past_the_memory_limit_is_stopped_and_reported(tmp_path):
     out = scale(tmp_path, "--classes", "3", "--kinds", "label", "--stages", "source",
                 "--mem-limit", "0.1")  # fmt: skip
     assert rows(out)["source"][2].startswith("killed past 0.1 GiB after"), out
+
+
+def test_a_stopped_benchmark_takes_its_commands_with_it(tmp_path):
+    """Project.run's commands (dvc repro and its stages) die with the script that ran them."""
+    pidfile = tmp_path / "pid"
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+              "from tests.conftest import run_group\n"
+              f"run_group(['bash', '-c', 'sleep 300 & echo $! > {pidfile}; wait'])\n")  # fmt: skip
+    with subprocess.Popen([sys.executable, "-c", script]) as bench:
+        for _ in range(300):  # the grandchild is up once it wrote its pid
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            time.sleep(0.1)
+        sleeper = int(pidfile.read_text())
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=30) == 128 + signal.SIGTERM
+    for _ in range(50):
+        try:
+            os.kill(sleeper, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(sleeper, signal.SIGKILL)
+    raise AssertionError(f"the benchmark's grandchild {sleeper} outlived it")
