@@ -60,6 +60,7 @@ import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -282,9 +283,21 @@ def reap(proc: subprocess.Popen, deadline: float) -> tuple[int, resource.struct_
         time.sleep(0.02)
 
 
+def owned_group():
+    """tests.conftest's (SIGTERM or Ctrl-C to this script kills the stage's group), imported in
+    the process that measures only: a fake stage (this script in a project's copy) must import
+    that copy's pipeline, so ROOT is not on its sys.path."""
+    if sys.path[0] != str(ROOT):
+        sys.path.insert(0, str(ROOT))
+    from tests.conftest import owned_group as owned
+
+    return owned
+
+
 def measure(cmd: list[str], proj: Path, log: Path, limit_gib: float, timeout: float) -> Result:
     """One process: wall seconds, peak RSS and, when it failed, why."""
     cap = int(limit_gib * 2**30)
+    owned = owned_group()  # imported before the clock starts
 
     def limit() -> None:  # in the child, before exec: it and everything it starts
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
@@ -293,10 +306,11 @@ def measure(cmd: list[str], proj: Path, log: Path, limit_gib: float, timeout: fl
         out.write(f"$ {' '.join(cmd)}\n".encode())
         out.flush()
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=proj, env=child_env(proj), stdout=out,
-                                stderr=subprocess.STDOUT, preexec_fn=limit,
-                                start_new_session=True)  # fmt: skip
-        rc, usage, late = reap(proc, start + timeout)
+        popen = partial(subprocess.Popen, cmd, cwd=proj, env=child_env(proj), stdout=out,
+                        stderr=subprocess.STDOUT, preexec_fn=limit,
+                        start_new_session=True)  # fmt: skip
+        with owned(popen) as proc:
+            rc, usage, late = reap(proc, start + timeout)
     seconds, rss = time.perf_counter() - start, usage.ru_maxrss * 1024  # Linux: KiB
     if rc == 0:
         return Result(seconds, rss)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import functools
 import json
 import os
 
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -145,22 +147,34 @@ class Project:
 def run_group(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     """`subprocess.run` in a process group of its own, killed whole if the caller stops (Ctrl-C,
     SIGTERM, a test timeout): no `dvc repro` or stage outlives the benchmark or test that ran it."""
+    start = functools.partial(subprocess.Popen, cmd, **kw, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    with owned_group(start) as proc:
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@contextlib.contextmanager
+def owned_group(start: Callable[[], subprocess.Popen]) -> Iterator[subprocess.Popen]:
+    """The process `start()` opens (in a session of its own), while the caller waits on it:
+    SIGTERM to the caller raises SystemExit, and on any exception (that one, Ctrl-C, a timeout)
+    the process's whole group is killed and reaped before the exception goes on. The handler is
+    in place before the process starts: no signal finds the caller unguarded."""
     main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _terminated) if main else None
+    proc = None
     try:
-        with subprocess.Popen(cmd, **kw, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, start_new_session=True) as proc:  # fmt: skip
-            try:
-                out, err = proc.communicate()
-            except BaseException:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait()
-                raise
+        proc = start()
+        yield proc
+    except BaseException:
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+        raise
     finally:
         if main:
             signal.signal(signal.SIGTERM, old)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _terminated(signum: int, frame) -> None:

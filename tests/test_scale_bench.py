@@ -1,6 +1,7 @@
 """benchmarks/scale.py on its smallest competitions: the generated data goes through the real
 stages up to submit, and the table has a row per stage asked for; a process past the memory
-limit is stopped and said to be; a benchmark stopped by SIGTERM leaves no `dvc repro` behind."""
+limit is stopped and said to be; a benchmark stopped by SIGTERM leaves no `dvc repro` or stage
+behind."""
 
 from __future__ import annotations
 
@@ -61,12 +62,21 @@ def test_a_process_past_the_memory_limit_is_stopped_and_reported(tmp_path):
     assert rows(out)["source"][2].startswith("killed past 0.1 GiB after"), out
 
 
-def test_a_stopped_benchmark_takes_its_commands_with_it(tmp_path):
-    """Project.run's commands (dvc repro and its stages) die with the script that ran them."""
+WAITERS = {  # how a benchmark runs a command: Project.run's and scale.py's
+    "run_group": "from tests.conftest import run_group\nrun_group(CMD)\n",
+    "scale.measure": (
+        "from benchmarks.scale import measure\nmeasure(CMD, WORK, WORK / 'log', 4.0, 600.0)\n"
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("waiter", WAITERS)
+def test_a_stopped_benchmark_takes_its_commands_with_it(tmp_path, waiter):
+    """The commands a benchmark runs (dvc repro and its stages) die with the script."""
     pidfile = tmp_path / "pid"
-    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-              "from tests.conftest import run_group\n"
-              f"run_group(['bash', '-c', 'sleep 300 & echo $! > {pidfile}; wait'])\n")  # fmt: skip
+    script = (f"import sys; from pathlib import Path; sys.path.insert(0, {str(ROOT)!r})\n"
+              f"CMD = ['bash', '-c', 'sleep 300 & echo $! > {pidfile}; wait']\n"
+              f"WORK = Path({str(tmp_path)!r})\n{WAITERS[waiter]}")  # fmt: skip
     with subprocess.Popen([sys.executable, "-c", script]) as bench:
         for _ in range(300):  # the grandchild is up once it wrote its pid
             if pidfile.exists() and pidfile.read_text().strip():
