@@ -1,6 +1,7 @@
 """Bad input, weights files: a file whose tensor names are not the backbone's stops `train` with
 the first mismatch (name and shape on both sides) and what to do. timm alone would drop the
-file's classifier, load the rest non-strictly and train a random-init network without a word."""
+file's classifier, load the rest non-strictly and train a random-init network without a word.
+A file replaced under the same name retrains the teachers; a missing one stops the first stage."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from safetensors.torch import save_file
 
 from tests.test_bad_input import TRAIN, Case
 from tests.test_bad_input import test_bad_input as run_case
+from tests.test_e2e import ran
 from tests.test_weights import effnet_pytorch_state
 
 LITE0 = ("train", "--model", "efficientnet_lite0", "--fold", "0")
@@ -69,3 +71,22 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_weights(case: Case, tmp_path, monkeypatch, capsys) -> None:
     run_case(case, tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.slow
+def test_a_weights_file_replaced_under_its_name_retrains_what_starts_from_it(project):
+    """model.pretrained names the same file, its tensors changed: DVC cannot see a param change,
+    so the `source` stage lists the file and the teachers depend on that listing."""
+    path = project.path.parent / "start.safetensors"
+    save_file(state_of("resnet10t")(), str(path))
+    project.set_params({"model": {"pretrained": str(path)}, "pseudo": {"enabled": False}})
+    teachers = ["train@resnet10t-0", "train@resnet10t-1"]
+    assert ran(project.run(["dvc", "repro", "train"]))[-2:] == teachers
+    assert ran(project.run(["dvc", "repro", "train"])) == []
+    save_file(state_of("resnet10t")(), str(path))  # other random tensors, the same name
+    assert ran(project.run(["dvc", "repro", "train"])) == teachers
+    path.unlink()  # refused by the first stage, before anything trains
+    res = project.run(["dvc", "repro", "train"], check=False)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert f"model.pretrained: weights file '{path}' not found" in res.stderr
+    assert ran(res) == []

@@ -13,7 +13,9 @@ inside it are extracted.
 
 The manifest lists a local folder's file names, sizes and times, so that an image added to or
 removed from it reruns download (links rebuilt) and prepare; with `demo` and `kaggle` it never
-changes, and a Kaggle download is never repeated.
+changes, and a Kaggle download is never repeated. data/weights_source.json lists model.pretrained's
+weights file the same way (size and time), so a file replaced under the same name retrains the
+models that start from it.
 
 Download's own output is data/raw.json, the same listing of data/raw (what prepare and submit
 depend on): DVC never hashes the images on `dvc status` (100k of them took half a minute). A
@@ -40,6 +42,7 @@ from pipeline.params import Competition, load_params
 RAW = Path("data/raw")
 MANIFEST = Path("data/source.json")  # the `source` stage's output, a dependency of download
 EXTRA_MANIFEST = Path("data/extra_source.json")  # and of the `extra` stage
+WEIGHTS_MANIFEST = Path("data/weights_source.json")  # and of the teachers' and students' training
 RAW_LISTING = Path("data/raw.json")  # download's output: what prepare and submit depend on
 SKEWED = {3: 1 / 3, 8: 1 / 3}  # class -> fraction of its training images the demo keeps
 
@@ -123,6 +126,17 @@ def extra_manifest(extra: str | None) -> dict:
     return {"extra": extra, **listing(src)}
 
 
+def weights_manifest(pretrained: bool | str) -> dict:
+    """model.pretrained, and for a local weights file its size and time (files.listing): a file
+    replaced under the same name retrains what starts from it, as a param change would."""
+    if not isinstance(pretrained, str):
+        return {"pretrained": pretrained}
+    path = Path(pretrained)
+    if not path.is_file():
+        raise PipelineError(f"model.pretrained: weights file '{pretrained}' not found")
+    return {"pretrained": pretrained, **listing(path)}
+
+
 def from_local(src: Path, dest: Path) -> None:
     """A folder is linked in place, an archive extracted; archives inside (train.zip) are
     extracted too."""
@@ -198,5 +212,6 @@ def main(argv: list[str]) -> None:
         check_raw(now)
         write_json(MANIFEST, now)
         write_json(EXTRA_MANIFEST, extra_manifest(p.pseudo.extra if p.pseudo.enabled else None))
+        write_json(WEIGHTS_MANIFEST, weights_manifest(p.model.pretrained))
     else:
         run(p.competition, p.base.seed, force=a.force)
