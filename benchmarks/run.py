@@ -92,7 +92,7 @@ def loader_ratio(trainers: dict[str, float], size: int, batch: int, tmp: Path) -
         net = timm.create_model("resnet10t", num_classes=3)
         gpu = torch.cuda.is_available()  # as the stage runs there: pinned memory, workers
         d = batches.fold_data(p, index, net, 0, Accelerator(cpu=not gpu))  # gpu.py made one
-        make = batches.train_loaders(p, specs.teacher_spec(p), d, 0)
+        make = batches.train_loaders(p, specs.teacher_spec(p, "resnet10t"), d, 0)
         best = 0.0
         for epoch in range(3):
             start, seen = time.perf_counter(), 0

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from pipeline.files import PipelineError
-from pipeline.params_checks import check_recipe, check_students
+from pipeline.params_checks import check_recipe, check_students, check_weights
 from pipeline.params_errors import error_message, read_yaml
 
 Count = Annotated[int, Field(ge=0)]  # epochs, workers, attempts: zero allowed
@@ -78,7 +78,9 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 class Model(Section):
-    pretrained: bool | str  # true: timm download, false: random init, str: local weights file
+    # true: timm download, false: random init, str: a local weights file; or one of those per
+    # backbone, {name: value}, naming every backbone trained (teachers, students from scratch)
+    pretrained: bool | str | dict[str, bool | str]
     drop_rate: Annotated[float, Field(ge=0, lt=1)]  # dropout probability before the classifier
     drop_path_rate: Annotated[float, Field(ge=0, lt=1)]  # stochastic depth (timm's), 0: none
     n_groups: int  # layer groups for differential LRs, the head included (>= 2)
@@ -100,6 +102,10 @@ class Model(Section):
                 f"{info.field_name}: {IMAGENET[info.field_name]}); or null for the backbone's own"
             )
         return v
+
+    def weights(self, name: str) -> bool | str:
+        """`pretrained` for backbone `name` (params validation checked a mapping names it)."""
+        return self.pretrained[name] if isinstance(self.pretrained, dict) else self.pretrained
 
     @field_validator("n_groups")
     @classmethod
@@ -336,25 +342,34 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _across_sections(self) -> Params:
+        check_students(self)
+        check_weights(self)  # before head_epochs, which reads a mapping's entries
         if self.head_epochs() + self.train.epochs < 1:
             raise ValueError("head.epochs + train.epochs must be at least 1")
         if self.lr_find.end <= self.lr_find.start:
             raise ValueError("lr_find.end must be larger than lr_find.start")
         check_recipe(self)
-        check_students(self)
         self.noised("augment"), self.noised("model")  # pseudo.noise's values, as sections do
         if self.diagnose.fold not in self.base.folds:
             raise ValueError(f"diagnose.fold {self.diagnose.fold} is not in base.folds")
         return self
 
-    def head_epochs(self) -> int:
-        """head.epochs, `auto` resolved: 1 when the backbone starts from pretrained weights (a new
-        classifier on top of trained features is fitted first, as fastai's fine_tune does, so
-        its first gradients do not wreck the features), 0 from random init (nothing worth
-        freezing)."""
-        if self.head.epochs == "auto":
-            return 0 if self.model.pretrained is False else 1
-        return self.head.epochs
+    def head_epochs(self, name: str | None = None) -> int:
+        """head.epochs, `auto` resolved: 1 when backbone `name` starts from pretrained weights (a
+        new classifier on top of trained features is fitted first, as fastai's fine_tune does,
+        so its first gradients do not wreck the features), 0 from random init (nothing worth
+        freezing). Without a name: the fewest over every backbone trained."""
+        if self.head.epochs != "auto":
+            return self.head.epochs
+        names = [name] if name is not None else self.trained_backbones()
+        return min(0 if self.model.weights(n) is False else 1 for n in names)
+
+    def trained_backbones(self) -> list[str]:
+        """Every backbone that starts from model.pretrained: the teachers, and the students from
+        scratch (a student refining its teacher starts from the teacher's weights)."""
+        scratch = self.pseudo.enabled and self.pseudo.init == "scratch"
+        students = list(self.students().values()) if scratch else []
+        return list(dict.fromkeys([*self.train.backbones, *students]))
 
     def student(self) -> Params:
         """The teachers' params with pseudo.noise's keys (augment's: if pseudo.noise_on: all)."""

@@ -1,8 +1,9 @@
 """The rules params.yaml must keep across sections, beyond each key's own type and range: the
-students against the teachers (`check_students`) and the training recipe against its epochs
-(`check_recipe`). pipeline/params.py's `Params` runs both as it validates the file; each raises
-ValueError, which `parse_params` turns into one line naming the keys. Each takes that `Params`
-(not imported here: params.py imports this module).
+students against the teachers (`check_students`), model.pretrained's mapping against the
+backbones (`check_weights`) and the training recipe against its epochs (`check_recipe`).
+pipeline/params.py's `Params` runs them as it validates the file; each raises ValueError, which
+`parse_params` turns into one line naming the keys. Each takes that `Params` (not imported here:
+params.py imports this module).
 """
 
 from __future__ import annotations
@@ -39,6 +40,22 @@ def check_students(p) -> None:
         raise ValueError(
             f"pseudo.backbones: two teachers' students are both {twice[0]} from scratch, "
             "the same model trained twice; map only one of them"
+        )
+
+
+def check_weights(p) -> None:
+    """model.pretrained as a mapping names every backbone trained (a typo is no backbone)."""
+    given = p.model.pretrained
+    if not isinstance(given, dict):
+        return
+    need, named = p.trained_backbones(), {*p.train.backbones, *p.students().values()}
+    missing, unknown = [n for n in need if n not in given], sorted(set(given) - named)
+    if missing or unknown:
+        what = [f"{missing} missing"] * bool(missing)
+        what += [f"{unknown} not a backbone"] * bool(unknown)
+        raise ValueError(
+            f"model.pretrained maps each backbone trained to its weights (true, false or a "
+            f"file): {', '.join(what)}; the backbones trained: {need}"
         )
 
 

@@ -56,14 +56,14 @@ def backbone(p: Params, name: str, student: bool) -> str:
     return p.students()[name]
 
 
-def teacher_spec(p: Params) -> Spec:
-    return Spec(TEACHER, p.head_epochs(), p.train.epochs, p.train.lr,
-                pretrained=p.model.pretrained is not False)  # fmt: skip
+def teacher_spec(p: Params, name: str) -> Spec:
+    return Spec(TEACHER, p.head_epochs(name), p.train.epochs, p.train.lr,
+                pretrained=p.model.weights(name) is not False)  # fmt: skip
 
 
 def student_spec(p: Params, name: str, fold: int, round_: int = 1) -> Spec | str:
-    """Round `round_`'s student of fold `fold`, or why there is none (pseudo.enabled is false,
-    or the round is past pseudo.rounds)."""
+    """Round `round_`'s student of fold `fold` (in teacher `name`'s folder), or why there is
+    none (pseudo.enabled is false, or the round is past pseudo.rounds)."""
     ps, why = p.pseudo, roles.not_run(p.pseudo, round_)
     if why is not None:
         return why
@@ -76,11 +76,12 @@ def student_spec(p: Params, name: str, fold: int, round_: int = 1) -> Spec | str
     if ps.init == "teacher":  # round 1: fold k's teacher; round r: round r - 1's student
         init = roles.labeller(round_).models / name / f"fold{fold}" / "model.safetensors"
         check_teacher(init, source["teacher_weights"].get(name), folder, round_)
-    head = p.head_epochs() if ps.init == "scratch" else 0  # a refined teacher has its head
+    arch = backbone(p, name, student=True)
+    head = p.head_epochs(arch) if ps.init == "scratch" else 0  # a refined teacher has its head
     files = (folder / "labels.csv", *pred_files(folder, "targets"))
     files = files if init is None else (*files, init)
     return Spec(roles.student(round_), head, ps.epochs, ps.lr, init, frame, ps, files,
-                pretrained=p.model.pretrained is not False, matched=matched)  # fmt: skip
+                pretrained=p.model.weights(arch) is not False, matched=matched)  # fmt: skip
 
 
 def read_pseudolabels(folder: Path, index: Index, round_: int = 1) -> tuple[pd.DataFrame, dict]:
@@ -148,7 +149,7 @@ def fingerprint(p: Params, name: str, fold: int, *files: Path, student: bool = F
     if student:  # the selection keys act through the labels file, which is hashed
         sections["pseudo"] = p.pseudo.model_dump(include=set(STUDENT_KEYS))
     params = json.dumps([sections, p.competition.metric, name, fold], sort_keys=True)
-    weights = p.model.pretrained
+    weights = p.model.weights(name)
     return {
         "params": _digest([params.encode()]),
         # train.csv, meta.json (it holds the sha256 of every image file and the cache size),

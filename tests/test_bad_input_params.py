@@ -68,6 +68,19 @@ PARAMS_CASES = [
     Case("extra images with the ensemble's labels",
          params({"pseudo": {"extra": "pool", "source": "ensemble"}}),
          r"pseudo\.extra's images are labelled by each fold's teachers; use pseudo\.source: fold"),
+    Case("weights per backbone, one missing",
+         params({"train": {"backbones": ["resnet10t", "test_resnet"]},
+                 "model": {"pretrained": {"resnet10t": True}}}),
+         r"model\.pretrained maps each backbone trained to its weights .*\['test_resnet'\] "
+         r"missing; the backbones trained: \['resnet10t', 'test_resnet'\]"),
+    Case("weights per backbone, a typo",
+         params({"model": {"pretrained": {"resnet10t": True, "resnet10": False}}}),
+         r"model\.pretrained maps .*: \['resnet10'\] not a backbone"),
+    Case("weights for a scratch student missing",
+         params({"model": {"pretrained": {"resnet10t": True}},
+                 "pseudo": {"init": "scratch", "backbones": {"resnet10t": "test_resnet"}}}),
+         r"model\.pretrained maps .*\['test_resnet'\] missing; the backbones trained: "
+         r"\['resnet10t', 'test_resnet'\]"),
 ]  # fmt: skip
 
 
@@ -233,7 +246,7 @@ def test_a_resumed_run_draws_what_an_unkilled_run_draws(workdir, monkeypatch):
 @pytest.mark.parametrize(("pretrained", "head"), [(False, 0), (True, 1), ("w.safetensors", 1)])
 def test_head_epochs_auto_fits_a_new_head_first_only_on_pretrained_weights(pretrained, head):
     p = parse_params(tiny_params({"model": {"pretrained": pretrained}, "head": {"epochs": "auto"}}))
-    assert p.head_epochs() == head and specs.teacher_spec(p).head_epochs == head
+    assert p.head_epochs() == head and specs.teacher_spec(p, "resnet10t").head_epochs == head
     assert parse_params(tiny_params({"head": {"epochs": 2}})).head_epochs() == 2
 
 

@@ -13,6 +13,11 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from pipeline import specs
+from pipeline.files import sha256
+from pipeline.params import parse_params
+from pipeline.stages import download, train
+from tests.conftest import tiny_params
 from tests.test_bad_input import TRAIN, Case
 from tests.test_bad_input import test_bad_input as run_case
 from tests.test_e2e import ran
@@ -81,12 +86,43 @@ def test_a_weights_file_replaced_under_its_name_retrains_what_starts_from_it(pro
     save_file(state_of("resnet10t")(), str(path))
     project.set_params({"model": {"pretrained": str(path)}, "pseudo": {"enabled": False}})
     teachers = ["train@resnet10t-0", "train@resnet10t-1"]
-    assert ran(project.run(["dvc", "repro", "train"]))[-2:] == teachers
+    assert sorted(ran(project.run(["dvc", "repro", "train"])))[-2:] == teachers
     assert ran(project.run(["dvc", "repro", "train"])) == []
     save_file(state_of("resnet10t")(), str(path))  # other random tensors, the same name
-    assert ran(project.run(["dvc", "repro", "train"])) == teachers
+    assert sorted(ran(project.run(["dvc", "repro", "train"]))) == teachers
     path.unlink()  # refused by the first stage, before anything trains
     res = project.run(["dvc", "repro", "train"], check=False)
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert f"model.pretrained: weights file '{path}' not found" in res.stderr
     assert ran(res) == []
+
+
+def test_a_mapping_gives_each_backbone_its_own_weights(tmp_path):
+    """model.pretrained {backbone: file or true/false}: two backbones, two files, one random."""
+    states = {n: state_of(n)() for n in ("resnet10t", "test_resnet")}
+    for name, state in states.items():
+        save_file(state, str(tmp_path / f"{name}.safetensors"))
+    files = {n: str(tmp_path / f"{n}.safetensors") for n in states}
+    p = parse_params(tiny_params({"train": {"backbones": list(states)},
+                                  "model": {"pretrained": files}}))  # fmt: skip
+    for name, state in states.items():
+        spec = specs.teacher_spec(p, name)
+        assert (spec.head_epochs, spec.pretrained) == (1, True)  # head.epochs auto: fine-tuning
+        net = train.build_model(p, name, 3, spec).state_dict()
+        first = next(iter(state))  # the stem's first conv: the file's tensor, no other
+        assert torch.equal(net[first], state[first]), name
+        assert specs.fingerprint(p, name, 0)["weights"] == sha256(files[name])
+    p = parse_params(
+        tiny_params(
+            {
+                "train": {"backbones": list(states)},
+                "model": {"pretrained": {**files, "test_resnet": False}},
+            }
+        )
+    )
+    spec = specs.teacher_spec(p, "test_resnet")
+    assert (spec.head_epochs, spec.pretrained) == (0, False)  # random init: no head phase
+    assert specs.fingerprint(p, "test_resnet", 0)["weights"] == "False"
+    assert p.head_epochs() == 0 and p.head_epochs("resnet10t") == 1
+    assert download.weights_manifest(p.model.pretrained)["pretrained"]["test_resnet"] == {
+        "pretrained": False}  # fmt: skip

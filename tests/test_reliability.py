@@ -154,7 +154,7 @@ def drawn_batches(p, workers: int) -> list[torch.Tensor]:
 
     p = p.model_copy(update={"train": p.train.model_copy(update={"num_workers": workers})})
     d = batches.fold_data(p, read_index(), timm_model.create("resnet10t", 3, False), 0, None)
-    loader = batches.train_loaders(p, specs.teacher_spec(p), d, 0)(0, 1)
+    loader = batches.train_loaders(p, specs.teacher_spec(p, "resnet10t"), d, 0)(0, 1)
     return [x for x, _ in loader]
 
 

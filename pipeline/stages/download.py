@@ -126,9 +126,12 @@ def extra_manifest(extra: str | None) -> dict:
     return {"extra": extra, **listing(src)}
 
 
-def weights_manifest(pretrained: bool | str) -> dict:
+def weights_manifest(pretrained: bool | str | dict) -> dict:
     """model.pretrained, and for a local weights file its size and time (files.listing): a file
-    replaced under the same name retrains what starts from it, as a param change would."""
+    replaced under the same name retrains what starts from it, as a param change would. A
+    mapping (one entry per backbone): each entry's."""
+    if isinstance(pretrained, dict):
+        return {"pretrained": {k: weights_manifest(v) for k, v in sorted(pretrained.items())}}
     if not isinstance(pretrained, str):
         return {"pretrained": pretrained}
     path = Path(pretrained)

@@ -94,7 +94,7 @@ def weights_checksum(m: nn.Module, acc: Accelerator) -> list[float]:
 
 def build_model(p: Params, name: str, n_classes: int, spec: Spec) -> nn.Module:
     """The timm backbone: from model.pretrained, or from the weights a student refines."""
-    pretrained = p.model.pretrained if spec.init is None else False
+    pretrained = p.model.weights(name) if spec.init is None else False
     net = model.create(name, n_classes, pretrained, p.model.drop_rate, p.model.drop_path_rate)
     if spec.init is not None:
         net.load_state_dict(load_file(str(spec.init)))
@@ -232,7 +232,7 @@ def model_info(p: Params, name: str, fold: int, spec: Spec, d: FoldData) -> dict
 
 def run(p: Params, name: str, fold: int, student: bool = False, round_: int = 1) -> None:
     p = p.student() if student else p  # pseudo.noise: the student's augmentation and dropout
-    spec = student_spec(p, name, fold, round_) if student else teacher_spec(p)
+    spec = student_spec(p, name, fold, round_) if student else teacher_spec(p, name)
     if isinstance(spec, str):  # no student this time: its outputs say why
         write_skips("train", name, fold, spec, roles.student(round_))
         return
