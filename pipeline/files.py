@@ -156,6 +156,15 @@ def _size_time(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+def weights_file(pretrained: str) -> Path:
+    """model.pretrained's local weights file, refused by name when it is not there (the `source`
+    stage checks it before anything runs, `train` again as it loads it)."""
+    path = Path(pretrained)
+    if not path.is_file():
+        raise PipelineError(f"model.pretrained: weights file '{path}' not found")
+    return path
+
+
 def sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

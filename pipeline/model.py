@@ -18,7 +18,7 @@ from timm.layers import DropPath
 from timm.models import group_parameters
 from torch import nn
 
-from pipeline.files import PipelineError, atomic_path, read_json, write_json
+from pipeline.files import PipelineError, atomic_path, read_json, weights_file, write_json
 
 
 def create(
@@ -35,9 +35,7 @@ def create(
     if drop_path_rate:  # only when set: today's backbones without stochastic depth still build
         kwargs["drop_path_rate"] = drop_path_rate
     if isinstance(pretrained, str):
-        path = Path(pretrained)
-        if not path.is_file():
-            raise PipelineError(f"model.pretrained: weights file '{path}' not found")
+        path = weights_file(pretrained)
         check_names(path, name, num_classes)
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path.resolve())})
     else:

@@ -36,7 +36,16 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from pipeline import kaggle
-from pipeline.files import JUNK, PipelineError, atomic_dir, listing, read_json, walk, write_json
+from pipeline.files import (
+    JUNK,
+    PipelineError,
+    atomic_dir,
+    listing,
+    read_json,
+    walk,
+    weights_file,
+    write_json,
+)
 from pipeline.params import Competition, load_params
 
 RAW = Path("data/raw")
@@ -134,10 +143,7 @@ def weights_manifest(pretrained: bool | str | dict) -> dict:
         return {"pretrained": {k: weights_manifest(v) for k, v in sorted(pretrained.items())}}
     if not isinstance(pretrained, str):
         return {"pretrained": pretrained}
-    path = Path(pretrained)
-    if not path.is_file():
-        raise PipelineError(f"model.pretrained: weights file '{pretrained}' not found")
-    return {"pretrained": pretrained, **listing(path)}
+    return {"pretrained": pretrained, **listing(weights_file(pretrained))}
 
 
 def from_local(src: Path, dest: Path) -> None:
