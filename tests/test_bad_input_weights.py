@@ -80,16 +80,22 @@ def test_bad_weights(case: Case, tmp_path, monkeypatch, capsys) -> None:
 
 @pytest.mark.slow
 def test_a_weights_file_replaced_under_its_name_retrains_what_starts_from_it(project):
-    """model.pretrained names the same file, its tensors changed: DVC cannot see a param change,
-    so the `source` stage lists the file and the teachers depend on that listing."""
-    path = project.path.parent / "start.safetensors"
-    save_file(state_of("resnet10t")(), str(path))
-    project.set_params({"model": {"pretrained": str(path)}, "pseudo": {"enabled": False}})
-    teachers = ["train@resnet10t-0", "train@resnet10t-1"]
-    assert sorted(ran(project.run(["dvc", "repro", "train"])))[-2:] == teachers
+    """model.pretrained names the same files, one file's tensors changed: DVC cannot see a param
+    change, so the `source` stage lists each backbone's file and each teacher depends on its own
+    listing: only the teachers that start from the changed file retrain."""
+    names = ("resnet10t", "test_resnet")
+    files = {n: project.path.parent / f"{n}.safetensors" for n in names}
+    for name, path in files.items():
+        save_file(state_of(name)(), str(path))
+    pretrained = {n: str(path) for n, path in files.items()}
+    project.set_params({"train": {"backbones": list(names)}, "model": {"pretrained": pretrained},
+                        "pseudo": {"enabled": False}})  # fmt: skip
+    teachers = [f"train@{n}-{k}" for n in names for k in (0, 1)]
+    assert sorted(s for s in ran(project.run(["dvc", "repro", "train"])) if "@" in s) == teachers
     assert ran(project.run(["dvc", "repro", "train"])) == []
-    save_file(state_of("resnet10t")(), str(path))  # other random tensors, the same name
-    assert sorted(ran(project.run(["dvc", "repro", "train"]))) == teachers
+    save_file(state_of("test_resnet")(), str(files["test_resnet"]))  # other tensors, same name
+    assert sorted(ran(project.run(["dvc", "repro", "train"]))) == teachers[2:]
+    path = files["resnet10t"]
     path.unlink()  # refused by the first stage, before anything trains
     res = project.run(["dvc", "repro", "train"], check=False)
     assert res.returncode != 0 and "Traceback" not in res.stderr
@@ -124,5 +130,12 @@ def test_a_mapping_gives_each_backbone_its_own_weights(tmp_path):
     assert (spec.head_epochs, spec.pretrained) == (0, False)  # random init: no head phase
     assert specs.fingerprint(p, "test_resnet", 0)["weights"] == "False"
     assert p.head_epochs() == 0 and p.head_epochs("resnet10t") == 1
-    assert download.weights_manifest(p.model.pretrained)["pretrained"]["test_resnet"] == {
-        "pretrained": False}  # fmt: skip
+    listings = download.weights_listings(p)
+    assert listings["teachers/test_resnet.json"] == {"pretrained": False}
+    assert listings["teachers/resnet10t.json"]["listing_sha256"]  # the file's size and time
+    assert listings["students/resnet10t.json"] == {"pretrained": "teacher"}  # init: teacher
+    scratch = {"enabled": True, "init": "scratch", "backbones": {"resnet10t": "test_resnet"}}
+    p = parse_params(tiny_params({"train": {"backbones": ["resnet10t"]},
+                                  "model": {"pretrained": files}, "pseudo": scratch}))  # fmt: skip
+    listed = download.weights_listings(p)["students/resnet10t.json"]  # its student's file
+    assert listed["pretrained"] == files["test_resnet"] != files["resnet10t"]

@@ -13,9 +13,10 @@ inside it are extracted.
 
 The manifest lists a local folder's file names, sizes and times, so that an image added to or
 removed from it reruns download (links rebuilt) and prepare; with `demo` and `kaggle` it never
-changes, and a Kaggle download is never repeated. data/weights_source.json lists model.pretrained's
-weights file the same way (size and time), so a file replaced under the same name retrains the
-models that start from it.
+changes, and a Kaggle download is never repeated. data/weights/ lists model.pretrained's weights
+files the same way (size and time), one file per teacher (teachers/T.json) and one per teacher's
+student (students/T.json), so a file replaced under the same name retrains only the models that
+start from it.
 
 Download's own output is data/raw.json, the same listing of data/raw (what prepare and submit
 depend on): DVC never hashes the images on `dvc status` (100k of them took half a minute). A
@@ -46,12 +47,12 @@ from pipeline.files import (
     weights_file,
     write_json,
 )
-from pipeline.params import Competition, load_params
+from pipeline.params import Competition, Params, load_params
 
 RAW = Path("data/raw")
 MANIFEST = Path("data/source.json")  # the `source` stage's output, a dependency of download
 EXTRA_MANIFEST = Path("data/extra_source.json")  # and of the `extra` stage
-WEIGHTS_MANIFEST = Path("data/weights_source.json")  # and of the teachers' and students' training
+WEIGHTS_LISTINGS = Path("data/weights")  # and of each teacher's and each student's training
 RAW_LISTING = Path("data/raw.json")  # download's output: what prepare and submit depend on
 SKEWED = {3: 1 / 3, 8: 1 / 3}  # class -> fraction of its training images the demo keeps
 
@@ -135,15 +136,34 @@ def extra_manifest(extra: str | None) -> dict:
     return {"extra": extra, **listing(src)}
 
 
-def weights_manifest(pretrained: bool | str | dict) -> dict:
-    """model.pretrained, and for a local weights file its size and time (files.listing): a file
-    replaced under the same name retrains what starts from it, as a param change would. A
-    mapping (one entry per backbone): each entry's."""
-    if isinstance(pretrained, dict):
-        return {"pretrained": {k: weights_manifest(v) for k, v in sorted(pretrained.items())}}
+def weights_manifest(pretrained: bool | str) -> dict:
+    """One backbone's model.pretrained, and for a local weights file its size and time
+    (files.listing): a file replaced under the same name retrains what starts from it, as a
+    param change would."""
     if not isinstance(pretrained, str):
         return {"pretrained": pretrained}
     return {"pretrained": pretrained, **listing(weights_file(pretrained))}
+
+
+def weights_listings(p: Params) -> dict[str, dict]:
+    """data/weights/'s files: teachers/T.json, teacher T's weights, and students/T.json, its
+    student's (a student refining its teacher starts from no file), so that train@T-K and
+    train_student@T-K depend on their own backbone's file only."""
+    scratch = p.pseudo.enabled and p.pseudo.init == "scratch"
+    out = {}
+    for teacher, student in p.students().items():
+        out[f"teachers/{teacher}.json"] = weights_manifest(p.model.weights(teacher))
+        out[f"students/{teacher}.json"] = (
+            weights_manifest(p.model.weights(student)) if scratch else {"pretrained": "teacher"}
+        )
+    return out
+
+
+def write_listings(folder: Path, files: dict[str, dict]) -> None:
+    with atomic_dir(folder) as tmp:
+        for rel, obj in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            write_json(tmp / rel, obj)
 
 
 def from_local(src: Path, dest: Path) -> None:
@@ -221,6 +241,6 @@ def main(argv: list[str]) -> None:
         check_raw(now)
         write_json(MANIFEST, now)
         write_json(EXTRA_MANIFEST, extra_manifest(p.pseudo.extra if p.pseudo.enabled else None))
-        write_json(WEIGHTS_MANIFEST, weights_manifest(p.model.pretrained))
+        write_listings(WEIGHTS_LISTINGS, weights_listings(p))
     else:
         run(p.competition, p.base.seed, force=a.force)
