@@ -367,8 +367,7 @@ class Params(Section):
     def trained_backbones(self) -> list[str]:
         """Every backbone that starts from model.pretrained: the teachers, and the students from
         scratch (a student refining its teacher starts from the teacher's weights)."""
-        scratch = self.pseudo.enabled and self.pseudo.init == "scratch"
-        students = list(self.students().values()) if scratch else []
+        students = list(self.students().values()) if self.students_from_weights() else []
         return list(dict.fromkeys([*self.train.backbones, *students]))
 
     def student(self) -> Params:
@@ -390,6 +389,10 @@ class Params(Section):
             where = f"{name}.{err['loc'][0]}" if err["loc"] else name
             msg = err["msg"].removeprefix("Value error, ")
             raise ValueError(f"pseudo.noise: {where}: {msg}") from None
+
+    def students_from_weights(self) -> bool:
+        """Whether students train, each from model.pretrained (init: scratch), not its teacher."""
+        return self.pseudo.enabled and self.pseudo.init == "scratch"
 
     def students(self) -> dict[str, str]:
         """Each teacher's student: {its folder name (the teacher's backbone): its backbone}."""

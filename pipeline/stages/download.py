@@ -149,8 +149,7 @@ def weights_listings(p: Params) -> dict[str, dict]:
     """data/weights/'s files: teachers/T.json, teacher T's weights, and students/T.json, its
     student's (a student refining its teacher starts from no file), so that train@T-K and
     train_student@T-K depend on their own backbone's file only."""
-    scratch = p.pseudo.enabled and p.pseudo.init == "scratch"
-    out = {}
+    scratch, out = p.students_from_weights(), {}
     for teacher, student in p.students().items():
         out[f"teachers/{teacher}.json"] = weights_manifest(p.model.weights(teacher))
         out[f"students/{teacher}.json"] = (
