@@ -21,6 +21,7 @@ from pipeline.data import (
     EpochBatches,
     EpochData,
     Seeded,
+    TwoViews,
     Weighted,
     balanced_sampler,
     confidence_weights,
@@ -241,6 +242,9 @@ def epoch_dataset(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, tot
         multi = d.index.meta["task"] == "multi_label"
         weight = weight * confidence_weights(rows["confidence"], n_classes, multi)
     pseudo = Weighted(pseudo, rows[d.index.classes].to_numpy(), weight)
+    if spec.mix.weighting == "online":  # FixMatch: the student's weak view makes the target
+        weak, _ = pseudo_images(d.index, spec.pseudo["id"], tf, size)
+        labeled, pseudo = TwoViews(labeled), TwoViews(pseudo, weak)
     return Seeded(concat(labeled, pseudo), [tf, tf_ps], seed)
 
 

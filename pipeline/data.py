@@ -254,6 +254,27 @@ class Weighted(torch.utils.data.Dataset):
         return self.images[i][0], self.targets[i], self.weight[i]
 
 
+class TwoViews(torch.utils.data.Dataset):
+    """A student's item under pseudo.weighting: online: (image, target, weight, weak view, own):
+    `own` says whether the target is the student's to make (steps.online_loss). Labeled rows
+    (`weak` None) keep their target and give their image again as the weak view (one shape for
+    the batch; never forwarded); unlabeled ones give a view under the teachers' augmentation."""
+
+    def __init__(self, items: Weighted, weak: ImageDataset | None = None) -> None:
+        if weak is not None and len(weak) != len(items):
+            raise ValueError(f"{len(items)} items but {len(weak)} weak views")
+        self.items, self.weak = items, weak
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple:
+        x, y, w = self.items[i]
+        if self.weak is None:
+            return x, y, w, x, False
+        return x, y, w, self.weak[i][0], True
+
+
 def confidence_weights(conf: np.ndarray, n_classes: int, multi_label: bool) -> np.ndarray:
     """A teacher's confidence rescaled from chance (0) to certainty (1): chance is 1/classes for
     the top probability, 0.5 for a tag's max(p, 1 - p); below chance counts as 0."""

@@ -49,6 +49,7 @@ from pipeline.steps import (
     steps_per_epoch,
     train_mode,
 )
+from pipeline.targets import OnlineTargets
 
 SGDR_BETA1 = 0.9  # Adam's beta1 under SGDR (1cycle moves it: schedules.one_cycle_momentum)
 
@@ -68,6 +69,7 @@ class LoopConfig:
     maximize: bool = True  # the metric's direction (log loss: False); rows keep its natural sign
     accumulate: int = 1  # batches a step: schedules and the LR range test count optimizer steps
     ema: float | None = None  # decay of the weights' EMA (Ema); None or 0: none
+    online: OnlineTargets | None = None  # a student's own targets (pseudo.weighting: online)
 
 
 @dataclass
@@ -93,7 +95,7 @@ def accelerator(precision: str) -> Accelerator:
 
 def loss_function(cfg: LoopConfig, device: torch.device) -> Criterion:
     weights = torch.tensor(cfg.class_weights, dtype=torch.float32) if cfg.class_weights else None
-    return Criterion(cfg.task, weights, cfg.label_smoothing).to(device)
+    return Criterion(cfg.task, weights, cfg.label_smoothing, cfg.online).to(device)
 
 
 def _set_lrs(opt, phase: Phase, peaks: list[float], step: int, steps: int, spe: int, cfg) -> None:

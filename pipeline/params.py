@@ -234,8 +234,10 @@ class Pseudo(Section):
     soft: bool  # train on the teacher's probabilities (true) or on hard labels (false)
     temperature: Pos  # soft targets p ** (1 / T), renormalised: T < 1 sharpens
     ratio: Annotated[float, Field(ge=2, le=4)]  # N of pseudo:labeled = 1:N in every batch
-    weighting: Literal["cut", "confidence"]  # cut: the threshold keeps, each image weighs `weight`
-    # confidence: no cut; each image weighs `weight` x its confidence rescaled from chance to 1
+    weighting: Literal["cut", "confidence", "online"]  # cut: the threshold keeps, each weighs
+    # `weight`; confidence: no cut, each image weighs `weight` x its confidence rescaled from
+    # chance to 1; online (FixMatch): no cut, each image's target is the student's own
+    # prediction on a weak view of it, counted (weighing `weight`) where it reaches the threshold
     weight: Annotated[float, Field(ge=0)]  # loss weight of a pseudolabeled image
     weight_rampup: Count  # epochs over which that weight rises linearly from 0 (0: from the start)
     init: Literal["teacher", "scratch"]  # student starts from fold k's teacher, or afresh

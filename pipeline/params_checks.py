@@ -34,6 +34,13 @@ def check_students(p) -> None:
             "pseudo.extra's images are labelled by each fold's teachers; use pseudo.source: "
             "fold (the ensemble's blend covers the test set only)"
         )
+    mixing = [k for k in ("mixup", "cutmix") if getattr(p.student().augment, k) > 0]
+    if ps.enabled and ps.weighting == "online" and mixing:
+        raise ValueError(
+            f"pseudo.weighting: online needs each unlabeled image whole (its weak and strong "
+            f"views), and augment.{mixing[0]} mixes whole batches: set it to 0.0 for students "
+            f"(pseudo.noise: {{augment.{mixing[0]}: 0.0}}), or use weighting: cut"
+        )
     archs = list(p.students().values())
     twice = sorted({s for s in archs if archs.count(s) > 1})
     if ps.enabled and twice:  # from scratch on the same pseudolabels: one model, twice

@@ -155,9 +155,13 @@ class Criterion(nn.Module):
     weighted mean, so a one-hot vector and its class id give the same loss.
     """
 
-    def __init__(self, task: str, class_weights: torch.Tensor | None, label_smoothing: float):
+    def __init__(
+        self, task: str, class_weights: torch.Tensor | None, label_smoothing: float,
+        online: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.task, self.smoothing = task, label_smoothing
+        self.online = online  # pseudo.weighting: online: logits -> (targets, counted)
         self.register_buffer("weight", class_weights)
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor, item_weights=None) -> torch.Tensor:
@@ -192,11 +196,29 @@ class Criterion(nn.Module):
 
 
 def batch_loss(net: nn.Module, batch, loss_fn: Criterion, acc: Accelerator) -> torch.Tensor:
-    """A batch is (images, targets) or (images, targets, item weights) for a student."""
+    """A batch is (images, targets) or (images, targets, item weights) for a student, or with
+    pseudo.weighting: online (+ weak views, whose targets are the student's own: online_loss)."""
+    if len(batch) == 5:
+        return online_loss(net, batch, loss_fn, acc)
     x, y, *w = batch
     with acc.autocast():
         logits = net(x)
     return loss_fn(logits, y, w[0] if w else None)
+
+
+def online_loss(net: nn.Module, batch, loss_fn: Criterion, acc: Accelerator) -> torch.Tensor:
+    """FixMatch's step: one forward over the batch and the weak views of its unlabeled images
+    (`own`), so that BatchNorm sees them together; each unlabeled image's target is the
+    prediction on its weak view (no gradient: loss_fn.online), its weight kept where that
+    prediction is confident and 0 elsewhere. Labeled rows keep their targets and weights."""
+    x, y, w, weak, own = batch
+    with acc.autocast():
+        logits = net(torch.cat([x, weak[own]]))
+    target, confident = loss_fn.online(logits[len(x) :].detach())
+    y, w = y.clone(), w.clone()
+    y[own] = target.to(y.dtype)
+    w[own] = w[own] * confident.to(w.dtype)
+    return loss_fn(logits[: len(x)], y, w)
 
 
 def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from pipeline import batches, model, roles, specs
@@ -26,6 +27,8 @@ from pipeline.loop import Criterion
 from pipeline.params import Pseudo, parse_params
 from pipeline.preds import read_preds, write_preds
 from pipeline.stages import diagnose, ensemble, export, predict, pseudolabel, submit, train
+from pipeline.steps import online_loss
+from pipeline.targets import OnlineTargets, sharpened
 from pipeline.transforms import epoch_strength
 from tests.conftest import CLASSES, ROOT, tiny_params
 
@@ -217,10 +220,10 @@ def test_no_class_keeps_more_than_its_share_of_the_confident_images(seed):
 
 def test_soft_targets_sharpen_with_temperature():
     p = np.array([[0.6, 0.3, 0.1]])
-    np.testing.assert_allclose(pseudolabel.soft_targets(p, "single_label", 1.0), p)
-    sharp = pseudolabel.soft_targets(p, "single_label", 0.5)
+    np.testing.assert_allclose(sharpened(p, "single_label", 1.0), p)
+    sharp = sharpened(p, "single_label", 0.5)
     np.testing.assert_allclose(sharp, [[0.36, 0.09, 0.01]] / np.float64(0.46))
-    tags = pseudolabel.soft_targets(np.array([[0.8, 0.5]]), "multi_label", 0.5)
+    tags = sharpened(np.array([[0.8, 0.5]]), "multi_label", 0.5)
     np.testing.assert_allclose(tags, [[0.64 / (0.64 + 0.04), 0.5]])
 
 
@@ -495,6 +498,72 @@ def test_noise_on_pseudolabels_augments_only_the_pseudolabeled_images(workdir, c
     train.run(p, "resnet10t", 0, student=True)
     out = capsys.readouterr().out
     assert "student noise (augment keys: the pseudolabeled images only): augment.strength_" in out
+
+
+# --- online targets (pseudo.weighting: online, FixMatch) -----------------------------------
+
+
+def test_online_targets_are_the_weak_views_predictions_counted_above_the_threshold():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25], [0.05, 0.05, 0.9]])
+    hard = OnlineTargets("single_label", 0.6, soft=False, temperature=1.0)
+    t, counted = hard(probs.log())  # logits whose softmax is `probs`
+    assert t.tolist() == [[1, 0, 0], [1, 0, 0], [0, 0, 1]] and counted.tolist() == [1, 0, 1]
+    sharp, _ = OnlineTargets("single_label", 0.6, soft=True, temperature=0.5)(probs.log())
+    torch.testing.assert_close(sharp[0], torch.tensor([0.49, 0.04, 0.01]) / 0.54)
+    tags = torch.tensor([[0.95, 0.02], [0.95, 0.6]])
+    t, counted = OnlineTargets("multi_label", 0.9, False, 1.0)(torch.logit(tags))
+    assert t.tolist() == [[1, 0], [1, 1]] and counted.tolist() == [1, 0]  # 0.6: uncertain tag
+
+
+def test_online_loss_by_hand_one_forward_weak_views_targets_and_the_mask():
+    """Two labeled rows and two unlabeled images: the unlabeled ones' targets come from the
+    forward of their weak views (in the same batch), the unconfident one weighs nothing."""
+    torch.manual_seed(4)
+    net = torch.nn.Linear(5, 3)
+    x, weak = torch.randn(4, 5), torch.randn(4, 5)
+    y = torch.eye(3)[[0, 2, 0, 0]]  # the unlabeled rows' targets are placeholders
+    w, own = torch.tensor([1.0, 1.0, 0.5, 0.5]), torch.tensor([False, False, True, True])
+    online = OnlineTargets("single_label", 0.4, soft=False, temperature=1.0)
+    crit = Criterion("single_label", None, 0.0, online)
+    loss = online_loss(net, (x, y, w, weak, own), crit, Accelerator(cpu=True))
+    guess = net(weak[2:]).softmax(1)
+    t = torch.cat([y[:2], torch.eye(3)[guess.argmax(1)]])
+    keep = torch.cat([torch.ones(2), (guess.amax(1) >= 0.4).float()])
+    assert 0 < keep[2:].sum() < 2  # one counted, one not: the mask is exercised
+    per = -(t * net(x).log_softmax(1)).sum(1)
+    torch.testing.assert_close(loss, (per * w * keep).sum() / 4)
+    loss.backward()  # the targets carry no gradient: only the strong views' logits do
+    assert net.weight.grad is not None
+
+
+def test_online_students_train_on_two_views_of_every_test_image(workdir, capsys):
+    """pseudolabel keeps every image (no cut: the student cuts online); the unlabeled part of
+    a batch gives the strong view (pseudo.noise) and the teachers' weak one; the student trains."""
+    noise = {"augment.strength_start": 1.0, "augment.clean_epochs": 0}
+    ps = {"threshold": 0.9, "weighting": "online", "noise": noise, "noise_on": "pseudolabels"}
+    p = teach(workdir, {"pseudo": ps, "augment": {"strength_start": 0.0}})
+    spec = specs.student_spec(p, "resnet10t", 0)
+    assert len(spec.pseudo) == len(read_index().test)
+    d = batches.fold_data(p, read_index(), model.create("resnet10t", 3, False), 0, None)
+    labeled, unlabeled = batches.epoch_dataset(p, spec, d, 0, 0, 3).dataset.datasets
+    x, _, _, same, own = labeled[0]
+    assert torch.equal(x, same) and not own
+    strong, _, w, weak_view, own = unlabeled[0]
+    plain = batches.build_transforms("valid", 0, None, **d.norm)
+    unaugmented = copy.copy(unlabeled.weak)
+    unaugmented.transform = plain
+    assert own and w == 1.0 and torch.equal(weak_view, unaugmented[0][0])  # epoch 0: no aug
+    assert not torch.equal(strong, weak_view)
+    train.run(p, "resnet10t", 0, student=True)
+    assert "its target the student's own on a weak view, counted where that reaches 0.9" in (
+        capsys.readouterr().out
+    )
+    assert (workdir / "students/models/resnet10t/fold0/model.safetensors").exists()
+
+
+def test_online_targets_with_batch_mixing_are_refused():
+    with pytest.raises(PipelineError, match="weighting: online needs each unlabeled image whole"):
+        parse_params(tiny_params({"pseudo": {"weighting": "online"}, "augment": {"mixup": 0.2}}))
 
 
 def test_batchwide_noise_on_pseudolabels_only_is_refused():

@@ -10,9 +10,11 @@ folds' teachers trained on fold k's validation rows, so that CV is optimistic.
 
 Selection: an image is kept when its confidence reaches `pseudo.threshold` (single-label: the top
 probability; multi-label: every tag's probability outside [1 - t, t]); with `weighting:
-confidence` every image is (the student weighs each by its confidence instead). With `class_cap`
-(single-label), a class keeps at most its share of the fold's training rows times the number of
-confident images (the most confident stay; a hard class with few keeps them all: `cap_counts`).
+confidence` every image is (the student weighs each by its confidence instead), and with
+`weighting: online` every image, uncapped (the student makes each image's target itself and
+applies the threshold to its own confidence, every step). With `class_cap` (single-label), a
+class keeps at most its share of the fold's training rows times the number of confident images
+(the most confident stay; a hard class with few keeps them all: `cap_counts`).
 Targets: the probabilities (`soft`, sharpened by `temperature`) or hard labels (multi-label: tags
 through thresholds tuned on the other folds' out-of-fold predictions, or the ensemble's).
 
@@ -41,6 +43,7 @@ from pipeline.params import Pseudo, load_params
 from pipeline.preds import fold_blend, read_preds, read_thresholds, write_preds
 from pipeline.roles import labeller, not_run, pseudo_dir, round_arg
 from pipeline.shaping import SELECTION
+from pipeline.targets import confidence, sharpened
 
 LEAK_WARNING = (
     "WARNING: pseudo.source: ensemble labels every fold's student with the blend of all "
@@ -50,13 +53,6 @@ LEAK_WARNING = (
 
 
 # --- selection: pure functions of the probabilities ---------------------------------------
-
-
-def confidence(probs: np.ndarray, task: str) -> np.ndarray:
-    """Top probability; multi-label: the least certain tag's max(p, 1 - p)."""
-    if task == "multi_label":
-        return np.maximum(probs, 1 - probs).min(1)
-    return probs.max(1)
 
 
 def cap_counts(available: np.ndarray, shares: np.ndarray) -> np.ndarray:
@@ -100,14 +96,6 @@ def kept_rows(conf: np.ndarray, top: np.ndarray | None, threshold: float, shares
     return keep
 
 
-def soft_targets(probs: np.ndarray, task: str, temperature: float) -> np.ndarray:
-    """p ** (1/T) renormalised per image (multi-label: per tag, against 1 - p)."""
-    p = np.clip(probs, metrics.EPS, 1 - metrics.EPS) ** (1 / temperature)
-    if task == "multi_label":
-        return p / (p + np.clip(1 - probs, metrics.EPS, 1) ** (1 / temperature))
-    return p / p.sum(1, keepdims=True)
-
-
 def hard_targets(probs: np.ndarray, task: str, thresholds: np.ndarray | None) -> np.ndarray:
     """One-hot of the top class; multi-label: the tags over their thresholds (multi-hot)."""
     if task == "multi_label":
@@ -126,18 +114,19 @@ def label_frame(
     """(kept rows: id, label, confidence, targets per class; counts per class: kept, dropped,
     and of those dropped the confident ones the class cap left out)."""
     p, classes, multi = probs.to_numpy(), list(probs.columns), task == "multi_label"
-    cut = ps.threshold if ps.weighting == "cut" else 0.0  # confidence: weights instead of a cut
+    cut = ps.threshold if ps.weighting == "cut" else 0.0  # else weights, or the students' own cut
     conf, top = confidence(p, task), None if multi else p.argmax(1)
-    keep = kept_rows(conf, top, cut, shares if ps.class_cap else None)
+    capped = ps.class_cap and ps.weighting != "online"  # online: the pool is every image
+    keep = kept_rows(conf, top, cut, shares if capped else None)
     kept, names = p[keep], np.array(classes)  # targets of the kept rows only
     if multi:
         tags = hard_targets(kept, task, thresholds)
         label = [" ".join(names[row.astype(bool)]) for row in tags]
     else:
         label = names[top[keep]].tolist()
-    targets = soft_targets(kept, task, ps.temperature) if ps.soft else None
+    soft = sharpened(kept, task, ps.temperature) if ps.soft else None
     frame = pd.DataFrame(
-        hard_targets(kept, task, thresholds) if targets is None else targets, columns=classes
+        hard_targets(kept, task, thresholds) if soft is None else soft, columns=classes
     )
     frame.insert(0, "confidence", conf[keep].round(6))
     frame.insert(0, "label", label)

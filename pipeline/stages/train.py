@@ -56,6 +56,7 @@ from pipeline.record import Recorder, save_outputs
 from pipeline.roles import write_skips
 from pipeline.specs import Spec, backbone, fingerprint, student_spec, teacher_spec
 from pipeline.steps import Loader
+from pipeline.targets import OnlineTargets
 from pipeline.transforms import build_transforms, epoch_strength
 
 PLACEHOLDER_LR = 1e-3  # a phase with lr: auto starts here; the LR range test rescales its groups
@@ -187,7 +188,9 @@ def full_phase(p: Params, spec: Spec, net, groups, loaders, valid) -> Phase:
 # --- the recipe ---------------------------------------------------------------------------
 
 
-def loop_config(p: Params, task: str, weights: np.ndarray | None, key: dict) -> LoopConfig:
+def loop_config(
+    p: Params, task: str, weights: np.ndarray | None, key: dict, online: OnlineTargets | None
+) -> LoopConfig:
     tc = p.train
     return LoopConfig(
         task=task,
@@ -203,7 +206,17 @@ def loop_config(p: Params, task: str, weights: np.ndarray | None, key: dict) -> 
         maximize=metrics.METRICS[p.competition.metric].higher_is_better,
         accumulate=tc.accumulate,
         ema=p.train.ema or None,
+        online=online,
     )
+
+
+def online_targets(spec: Spec, task: str) -> OnlineTargets | None:
+    """A student's own targets on its unlabeled images (pseudo.weighting: online), if it has any
+    (a control has none)."""
+    ps = spec.mix
+    if ps is None or ps.weighting != "online" or not len(spec.pseudo):
+        return None
+    return OnlineTargets(task, ps.threshold, ps.soft, ps.temperature)
 
 
 def model_info(p: Params, name: str, fold: int, spec: Spec, d: FoldData) -> dict:
@@ -276,7 +289,7 @@ def run(p: Params, name: str, fold: int, student: bool = False, round_: int = 1)
     def metric(probs: np.ndarray, t: np.ndarray) -> float:
         return metrics.value(p.competition.metric, probs, t)
 
-    cfg = loop_config(p, d.task, weights, key)
+    cfg = loop_config(p, d.task, weights, key, online_targets(spec, d.task))
     hist = fit(net, phases, cfg, metric, acc, ckpt / "state.pt", rec.log, rec.best, rec.lr_find,
                rec.snapshot)  # fmt: skip
     check_replicas(net, acc)
@@ -303,6 +316,13 @@ def describe(title: str, spec: Spec, d: FoldData, groups, phases, acc) -> str:
     if spec.pseudo is not None:
         mix_note(spec, d.batch, len(d.train_rows), acc)
     return text
+
+
+WEIGHTING_NOTES = {  # how each pseudolabeled image's loss is weighted and targeted
+    "cut": "",
+    "confidence": " x each image's confidence",
+    "online": ", its target the student's own on a weak view, counted where that reaches {t}",
+}
 
 
 def mix_note(spec: Spec, batch: int, rows: int, acc: Accelerator) -> None:
@@ -333,7 +353,7 @@ def mix_note(spec: Spec, batch: int, rows: int, acc: Accelerator) -> None:
     acc.print(
         f"batches: {n} pseudolabeled + {batch - n} labeled "
         f"({n / batch:.1%} pseudo), pseudo loss weight {spec.mix.weight}"
-        + (" x each image's confidence" if spec.mix.weighting == "confidence" else "")
+        + WEIGHTING_NOTES[spec.mix.weighting].format(t=spec.mix.threshold)
         + (f" ramped up over {spec.mix.weight_rampup} epochs" if spec.mix.weight_rampup else "")
     )
 
