@@ -28,6 +28,7 @@ from pipeline.data import (
     mixed_batches,
     pseudo_per_batch,
     split_dataset,
+    two_views_batch,
 )
 from pipeline.files import PipelineError
 from pipeline.index import (
@@ -208,6 +209,7 @@ def train_loaders(p: Params, spec: Spec, d: FoldData, fold: int) -> Callable[[in
         pin_memory=d.pin,
         persistent_workers=d.workers > 0,
         generator=torch.Generator().manual_seed(workers_seed),  # the workers' base: not global
+        collate_fn=two_views_batch if online(spec) else None,
     )
 
     def at(epoch: int, total: int) -> Loader:
@@ -242,10 +244,17 @@ def epoch_dataset(p: Params, spec: Spec, d: FoldData, fold: int, epoch: int, tot
         multi = d.index.meta["task"] == "multi_label"
         weight = weight * confidence_weights(rows["confidence"], n_classes, multi)
     pseudo = Weighted(pseudo, rows[d.index.classes].to_numpy(), weight)
-    if spec.mix.weighting == "online":  # FixMatch: the student's weak view makes the target
+    if online(spec):  # FixMatch: the student's weak view makes the target
         weak, _ = pseudo_images(d.index, spec.pseudo["id"], tf, size)
         labeled, pseudo = TwoViews(labeled), TwoViews(pseudo, weak)
     return Seeded(concat(labeled, pseudo), [tf, tf_ps], seed)
+
+
+def online(spec: Spec) -> bool:
+    """A student that makes its own targets (pseudo.weighting: online), with images to make
+    them on (not a control, whose batches hold labeled rows only)."""
+    ps = spec.mix
+    return ps is not None and ps.weighting == "online" and not spec.matched and len(spec.pseudo) > 0
 
 
 def epoch_transform(aug, epoch: int, total: int, d: FoldData, seed: int):

@@ -255,10 +255,9 @@ class Weighted(torch.utils.data.Dataset):
 
 
 class TwoViews(torch.utils.data.Dataset):
-    """A student's item under pseudo.weighting: online: (image, target, weight, weak view, own):
-    `own` says whether the target is the student's to make (steps.online_loss). Labeled rows
-    (`weak` None) keep their target and give their image again as the weak view (one shape for
-    the batch; never forwarded); unlabeled ones give a view under the teachers' augmentation."""
+    """A student's item under pseudo.weighting: online: (image, target, weight, weak view). An
+    unlabeled image's weak view is under the teachers' augmentation, and its target is the
+    student's to make (steps.online_loss); a labeled row (`weak` None) has none."""
 
     def __init__(self, items: Weighted, weak: ImageDataset | None = None) -> None:
         if weak is not None and len(weak) != len(items):
@@ -269,10 +268,17 @@ class TwoViews(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple:
-        x, y, w = self.items[i]
-        if self.weak is None:
-            return x, y, w, x, False
-        return x, y, w, self.weak[i][0], True
+        return *self.items[i], None if self.weak is None else self.weak[i][0]
+
+
+def two_views_batch(items: list[tuple]) -> tuple:
+    """TwoViews' items as (images, targets, weights, the weak views, their rows in the batch):
+    only the unlabeled images' weak views travel, and their rows are an index, not a mask, so
+    that the step selects them without waiting for the GPU."""
+    x, y, w = torch.utils.data.default_collate([item[:3] for item in items])
+    own = [k for k, item in enumerate(items) if item[3] is not None]
+    weak = torch.stack([items[k][3] for k in own]) if own else x[:0]
+    return x, y, w, weak, torch.tensor(own, dtype=torch.int64)
 
 
 def confidence_weights(conf: np.ndarray, n_classes: int, multi_label: bool) -> np.ndarray:

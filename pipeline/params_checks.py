@@ -34,19 +34,32 @@ def check_students(p) -> None:
             "pseudo.extra's images are labelled by each fold's teachers; use pseudo.source: "
             "fold (the ensemble's blend covers the test set only)"
         )
-    mixing = [k for k in ("mixup", "cutmix") if getattr(p.student().augment, k) > 0]
-    if ps.enabled and ps.weighting == "online" and mixing:
-        raise ValueError(
-            f"pseudo.weighting: online needs each unlabeled image whole (its weak and strong "
-            f"views), and augment.{mixing[0]} mixes whole batches: set it to 0.0 for students "
-            f"(pseudo.noise: {{augment.{mixing[0]}: 0.0}}), or use weighting: cut"
-        )
+    if ps.enabled and ps.weighting == "online":
+        check_online(p)
     archs = list(p.students().values())
     twice = sorted({s for s in archs if archs.count(s) > 1})
     if ps.enabled and twice:  # from scratch on the same pseudolabels: one model, twice
         raise ValueError(
             f"pseudo.backbones: two teachers' students are both {twice[0]} from scratch, "
             "the same model trained twice; map only one of them"
+        )
+
+
+def check_online(p) -> None:
+    """pseudo.weighting: online's two views: the weak one is the teachers' augmentation, the
+    strong one pseudo.noise's on the unlabeled images only; both whole images."""
+    if p.pseudo.noise_on != "pseudolabels":
+        raise ValueError(
+            "pseudo.weighting: online takes its weak view from the teachers' augmentation and "
+            "its strong view from pseudo.noise; set pseudo.noise_on: pseudolabels (with all, "
+            "the noise would augment the weak view too)"
+        )
+    mixing = [k for k in ("mixup", "cutmix") if getattr(p.augment, k) > 0]
+    if mixing:
+        raise ValueError(
+            f"pseudo.weighting: online needs each unlabeled image whole (its weak and strong "
+            f"views), and augment.{mixing[0]} mixes whole batches: set it to 0.0, or use "
+            "pseudo.weighting: cut"
         )
 
 

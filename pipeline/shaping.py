@@ -10,9 +10,11 @@ NOT_WEIGHTS = {  # but these: which model it is, how fast it runs, what folds.cs
     "train": frozenset({"backbones", "num_workers", "compile"}),
 }
 STUDENT_OWN = frozenset({"epochs", "lr"})  # train.* keys a student takes from pseudo.* instead
-# the pseudo keys that shape a student's weights (its selection acts through its labels file)
+# the pseudo keys that shape a student's weights (its selection acts through its labels file;
+# with weighting: online, threshold, soft and temperature act in training too)
 STUDENT_KEYS = frozenset({"init", "ratio", "weight", "weighting", "weight_rampup", "epochs", "lr",
-                          "control", "noise", "noise_on", "backbones"})  # fmt: skip
+                          "control", "noise", "noise_on", "backbones", "threshold", "soft",
+                          "temperature"})  # fmt: skip
 # the pseudo keys that choose the pseudolabels, recorded in pseudo/foldK/source.json
 SELECTION = ("enabled", "source", "threshold", "weighting", "class_cap", "soft", "temperature",
              "extra")  # fmt: skip

@@ -208,12 +208,12 @@ def batch_loss(net: nn.Module, batch, loss_fn: Criterion, acc: Accelerator) -> t
 
 def online_loss(net: nn.Module, batch, loss_fn: Criterion, acc: Accelerator) -> torch.Tensor:
     """FixMatch's step: one forward over the batch and the weak views of its unlabeled images
-    (`own`), so that BatchNorm sees them together; each unlabeled image's target is the
-    prediction on its weak view (no gradient: loss_fn.online), its weight kept where that
-    prediction is confident and 0 elsewhere. Labeled rows keep their targets and weights."""
+    (rows `own`: data.two_views_batch), so that BatchNorm sees them together; each unlabeled
+    image's target is the prediction on its weak view (no gradient: loss_fn.online), its weight
+    kept where that prediction is confident and 0 elsewhere. Labeled rows keep theirs."""
     x, y, w, weak, own = batch
     with acc.autocast():
-        logits = net(torch.cat([x, weak[own]]))
+        logits = net(torch.cat([x, weak]))
     target, confident = loss_fn.online(logits[len(x) :].detach())
     y, w = y.clone(), w.clone()
     y[own] = target.to(y.dtype)

@@ -27,11 +27,14 @@ def confidence(p, task: str):
 
 
 def sharpened(p, task: str, temperature: float):
-    """p ** (1/T) renormalised per image (multi-label: per tag, against 1 - p)."""
+    """p ** (1/T) renormalised per image (multi-label: per tag, against 1 - p), in log space: a
+    small T cannot underflow every class to 0 (0 / 0) in float32."""
     xp = namespace(p)
-    s = xp.clip(p, EPS, 1 - EPS) ** (1 / temperature)
-    if task == "multi_label":
-        return s / (s + xp.clip(1 - p, EPS, 1) ** (1 / temperature))
+    if task == "multi_label":  # p^a / (p^a + (1-p)^a) = sigmoid(a * logit(p))
+        z = (xp.log(xp.clip(p, EPS, 1)) - xp.log(xp.clip(1 - p, EPS, 1))) / temperature
+        return 1 / (1 + xp.exp(-z))
+    z = xp.log(xp.clip(p, EPS, 1)) / temperature
+    s = xp.exp(z - xp.amax(z, 1, keepdims=True))
     return s / s.sum(1, keepdims=True)
 
 
@@ -48,10 +51,10 @@ class OnlineTargets:
     temperature: float
 
     def __call__(self, logits):  # a tensor: (targets, counted), tensors
-        torch, multi = namespace(logits), self.task == "multi_label"
-        p = logits.float().sigmoid() if multi else logits.float().softmax(1)
-        if self.soft:
-            t = sharpened(p, self.task, self.temperature)
+        torch, multi, z = namespace(logits), self.task == "multi_label", logits.float()
+        p = z.sigmoid() if multi else z.softmax(1)
+        if self.soft:  # `sharpened` from the logits themselves: softmax(z / T), sigmoid(z / T)
+            t = (z / self.temperature).sigmoid() if multi else (z / self.temperature).softmax(1)
         elif multi:
             t = (p > 0.5).float()
         else:

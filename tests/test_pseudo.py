@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from pipeline import batches, model, roles, specs
-from pipeline.data import confidence_weights, mixed_batches, pseudo_per_batch
+from pipeline.data import confidence_weights, mixed_batches, pseudo_per_batch, two_views_batch
 from pipeline.files import PipelineError
 from pipeline.index import fold_rows, read_folds, read_index
 from pipeline.loop import Criterion
@@ -30,7 +30,7 @@ from pipeline.stages import diagnose, ensemble, export, predict, pseudolabel, su
 from pipeline.steps import online_loss
 from pipeline.targets import OnlineTargets, sharpened
 from pipeline.transforms import epoch_strength
-from tests.conftest import CLASSES, ROOT, tiny_params
+from tests.conftest import CLASSES, ROOT, merge, tiny_params
 
 # --- mixing: every batch 1:N ------------------------------------------------------------
 
@@ -517,53 +517,77 @@ def test_online_targets_are_the_weak_views_predictions_counted_above_the_thresho
 
 def test_online_loss_by_hand_one_forward_weak_views_targets_and_the_mask():
     """Two labeled rows and two unlabeled images: the unlabeled ones' targets come from the
-    forward of their weak views (in the same batch), the unconfident one weighs nothing."""
+    forward of their weak views (in the same batch), the unconfident one weighs nothing, and
+    the targets carry no gradient: the same gradient as a loss on fixed targets."""
     torch.manual_seed(4)
     net = torch.nn.Linear(5, 3)
-    x, weak = torch.randn(4, 5), torch.randn(4, 5)
-    y = torch.eye(3)[[0, 2, 0, 0]]  # the unlabeled rows' targets are placeholders
-    w, own = torch.tensor([1.0, 1.0, 0.5, 0.5]), torch.tensor([False, False, True, True])
-    online = OnlineTargets("single_label", 0.4, soft=False, temperature=1.0)
+    x, weak = torch.randn(4, 5), torch.randn(2, 5)  # weak views of rows 1 and 3 only
+    y = torch.eye(3)[[0, 0, 2, 0]]  # the unlabeled rows' targets are placeholders
+    w, own = torch.tensor([0.5, 1.0, 1.0, 0.5]), torch.tensor([1, 3])
+    online = OnlineTargets("single_label", 0.7, soft=False, temperature=1.0)
     crit = Criterion("single_label", None, 0.0, online)
     loss = online_loss(net, (x, y, w, weak, own), crit, Accelerator(cpu=True))
-    guess = net(weak[2:]).softmax(1)
-    t = torch.cat([y[:2], torch.eye(3)[guess.argmax(1)]])
-    keep = torch.cat([torch.ones(2), (guess.amax(1) >= 0.4).float()])
-    assert 0 < keep[2:].sum() < 2  # one counted, one not: the mask is exercised
-    per = -(t * net(x).log_softmax(1)).sum(1)
-    torch.testing.assert_close(loss, (per * w * keep).sum() / 4)
-    loss.backward()  # the targets carry no gradient: only the strong views' logits do
-    assert net.weight.grad is not None
+    loss.backward()
+    got = net.weight.grad.clone()
+    with torch.no_grad():
+        guess = net(weak).softmax(1)
+    t, keep = y.clone(), torch.ones(4)
+    t[own], keep[own] = torch.eye(3)[guess.argmax(1)], (guess.amax(1) >= 0.7).float()
+    assert keep[own].sum() == 1  # one counted, one not: the mask is exercised
+    net.weight.grad = None
+    by_hand = (-(t * net(x).log_softmax(1)).sum(1) * w * keep).sum() / 4
+    by_hand.backward()
+    torch.testing.assert_close(loss, by_hand)
+    torch.testing.assert_close(got, net.weight.grad)
 
 
 def test_online_students_train_on_two_views_of_every_test_image(workdir, capsys):
-    """pseudolabel keeps every image (no cut: the student cuts online); the unlabeled part of
-    a batch gives the strong view (pseudo.noise) and the teachers' weak one; the student trains."""
+    """pseudolabel keeps every image (no cut, no cap: the student cuts online); a batch's
+    unlabeled images come with the strong view (pseudo.noise) and the teachers' weak one, its
+    labeled rows with none; the student trains. Its control makes no targets of its own."""
     noise = {"augment.strength_start": 1.0, "augment.clean_epochs": 0}
     ps = {"threshold": 0.9, "weighting": "online", "noise": noise, "noise_on": "pseudolabels"}
     p = teach(workdir, {"pseudo": ps, "augment": {"strength_start": 0.0}})
     spec = specs.student_spec(p, "resnet10t", 0)
-    assert len(spec.pseudo) == len(read_index().test)
+    assert len(spec.pseudo) == len(read_index().test) and batches.online(spec)
     d = batches.fold_data(p, read_index(), model.create("resnet10t", 3, False), 0, None)
     labeled, unlabeled = batches.epoch_dataset(p, spec, d, 0, 0, 3).dataset.datasets
-    x, _, _, same, own = labeled[0]
-    assert torch.equal(x, same) and not own
-    strong, _, w, weak_view, own = unlabeled[0]
+    assert labeled[0][3] is None
+    strong, _, w, weak_view = unlabeled[0]
     plain = batches.build_transforms("valid", 0, None, **d.norm)
     unaugmented = copy.copy(unlabeled.weak)
     unaugmented.transform = plain
-    assert own and w == 1.0 and torch.equal(weak_view, unaugmented[0][0])  # epoch 0: no aug
+    assert w == 1.0 and torch.equal(weak_view, unaugmented[0][0])  # epoch 0: no augmentation
     assert not torch.equal(strong, weak_view)
+    x, _, _, weak, own = two_views_batch([labeled[0], unlabeled[0], labeled[1], unlabeled[1]])
+    assert own.tolist() == [1, 3] and torch.equal(weak[0], weak_view) and len(x) == 4
     train.run(p, "resnet10t", 0, student=True)
     assert "its target the student's own on a weak view, counted where that reaches 0.9" in (
         capsys.readouterr().out
     )
     assert (workdir / "students/models/resnet10t/fold0/model.safetensors").exists()
+    c = parse_params(tiny_params({"pseudo": ps | {"threshold": 0.0, "control": True}}))
+    assert not batches.online(specs.student_spec(c, "resnet10t", 0))
 
 
-def test_online_targets_with_batch_mixing_are_refused():
-    with pytest.raises(PipelineError, match="weighting: online needs each unlabeled image whole"):
-        parse_params(tiny_params({"pseudo": {"weighting": "online"}, "augment": {"mixup": 0.2}}))
+def test_an_online_students_checkpoint_is_not_resumed_under_another_threshold():
+    p = parse_params(tiny_params({"pseudo": {"weighting": "online", "noise_on": "pseudolabels"}}))
+    q = p.model_copy(update={"pseudo": p.pseudo.model_copy(update={"threshold": 0.8})})
+    key = specs.fingerprint(p, "resnet10t", 0, student=True)
+    assert key["params"] != specs.fingerprint(q, "resnet10t", 0, student=True)["params"]
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"augment": {"mixup": 0.2}}, "augment.mixup mixes whole batches: set it to 0.0"),
+        ({"pseudo": {"noise_on": "all"}}, "set pseudo.noise_on: pseudolabels"),
+    ],
+)
+def test_online_targets_need_whole_images_and_a_weak_teachers_view(over, message):
+    ps = {"weighting": "online", "noise_on": "pseudolabels"}
+    with pytest.raises(PipelineError, match=message):
+        parse_params(tiny_params(merge({"pseudo": ps}, over)))
 
 
 def test_batchwide_noise_on_pseudolabels_only_is_refused():

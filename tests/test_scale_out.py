@@ -63,7 +63,10 @@ def test_folds_trained_on_two_machines_are_combined_on_a_third(tmp_path, tiny_co
 def test_queued_experiments_run_in_parallel(tmp_path, tiny_comp):
     proj = machine(tmp_path / "proj", tiny_comp, tmp_path / "remote")
     proj.run(["dvc", "config", "core.no_scm", "false"])  # `dvc exp` needs git
+    # the stages every experiment shares, built and committed first (as README says): two
+    # workers building the same stage at once can race in DVC's run cache (treeverse/dvc#10673)
     for cmd in (
+        ["dvc", "repro", "folds"],
         ["git", "init", "-q"],
         ["git", "add", "-A"],
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start"],

@@ -40,6 +40,7 @@ from pipeline.batches import (
     epoch_size,
     fold_data,
     n_pseudo,
+    online,
     run_seed,
     train_loaders,
     valid_loader,
@@ -214,9 +215,7 @@ def online_targets(spec: Spec, task: str) -> OnlineTargets | None:
     """A student's own targets on its unlabeled images (pseudo.weighting: online), if it has any
     (a control has none)."""
     ps = spec.mix
-    if ps is None or ps.weighting != "online" or not len(spec.pseudo):
-        return None
-    return OnlineTargets(task, ps.threshold, ps.soft, ps.temperature)
+    return OnlineTargets(task, ps.threshold, ps.soft, ps.temperature) if online(spec) else None
 
 
 def model_info(p: Params, name: str, fold: int, spec: Spec, d: FoldData) -> dict:
@@ -353,7 +352,7 @@ def mix_note(spec: Spec, batch: int, rows: int, acc: Accelerator) -> None:
     acc.print(
         f"batches: {n} pseudolabeled + {batch - n} labeled "
         f"({n / batch:.1%} pseudo), pseudo loss weight {spec.mix.weight}"
-        + WEIGHTING_NOTES[spec.mix.weighting].format(t=spec.mix.threshold)
+        + ("" if spec.matched else WEIGHTING_NOTES[spec.mix.weighting]).format(t=spec.mix.threshold)
         + (f" ramped up over {spec.mix.weight_rampup} epochs" if spec.mix.weight_rampup else "")
     )
 
