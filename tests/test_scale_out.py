@@ -66,8 +66,8 @@ def test_queued_experiments_run_in_parallel(tmp_path, tiny_comp):
     # the stages every experiment shares, built and committed first (as README says): two
     # workers building the same stage at once can race in DVC's run cache (treeverse/dvc#10673)
     for cmd in (
-        ["dvc", "repro", "folds"],
         ["git", "init", "-q"],
+        ["dvc", "repro", "folds"],
         ["git", "add", "-A"],
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start"],
     ):
