@@ -550,6 +550,7 @@ def test_online_students_train_on_two_views_of_every_test_image(workdir, capsys)
     p = teach(workdir, {"pseudo": ps, "augment": {"strength_start": 0.0}})
     spec = specs.student_spec(p, "resnet10t", 0)
     assert len(spec.pseudo) == len(read_index().test) and batches.online(spec)
+    auto = parse_params(tiny_params({"pseudo": ps | {"lr": "auto"}, "lr_find": {"steps": 12}}))
     d = batches.fold_data(p, read_index(), model.create("resnet10t", 3, False), 0, None)
     labeled, unlabeled = batches.epoch_dataset(p, spec, d, 0, 0, 3).dataset.datasets
     assert labeled[0][3] is None
@@ -561,13 +562,26 @@ def test_online_students_train_on_two_views_of_every_test_image(workdir, capsys)
     assert not torch.equal(strong, weak_view)
     x, _, _, weak, own = two_views_batch([labeled[0], unlabeled[0], labeled[1], unlabeled[1]])
     assert own.tolist() == [1, 3] and torch.equal(weak[0], weak_view) and len(x) == 4
-    train.run(p, "resnet10t", 0, student=True)
-    assert "its target the student's own on a weak view, counted where that reaches 0.9" in (
-        capsys.readouterr().out
-    )
+    train.run(auto, "resnet10t", 0, student=True)  # the LR range test on its batches too
+    out = capsys.readouterr().out
+    assert "its target the student's own on a weak view, counted where that reaches 0.9" in out
+    assert "LR range test (full)" in out
     assert (workdir / "students/models/resnet10t/fold0/model.safetensors").exists()
     c = parse_params(tiny_params({"pseudo": ps | {"threshold": 0.0, "control": True}}))
     assert not batches.online(specs.student_spec(c, "resnet10t", 0))
+
+
+def test_online_targets_of_a_multi_label_student_are_its_confident_tags():
+    torch.manual_seed(5)
+    net = torch.nn.Linear(4, 2)
+    x, weak = torch.randn(3, 4), torch.randn(1, 4)
+    y, w, own = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), torch.ones(3), torch.tensor([2])
+    crit = Criterion("multi_label", None, 0.0, OnlineTargets("multi_label", 0.5, True, 0.5))
+    loss = online_loss(net, (x, y, w, weak, own), crit, Accelerator(cpu=True))
+    with torch.no_grad():
+        t = torch.cat([y[:2], (net(weak) / 0.5).sigmoid()])  # sharpened tags, every one counted
+    per = torch.nn.functional.binary_cross_entropy_with_logits(net(x), t, reduction="none")
+    torch.testing.assert_close(loss, per.mean(1).sum() / 3)
 
 
 def test_an_online_students_checkpoint_is_not_resumed_under_another_threshold():
