@@ -154,17 +154,16 @@ def run(kind: str, work: Path, extra: dict, variants: dict[str, dict], rounds: i
         (proj.path / "params.yaml").write_text(yaml.safe_dump(merge(base, arm)))
         proj.run(["dvc", "repro", "ensemble_final"])
         if name == "student":
-            out["teacher"] = fold_scores(proj.path, "preds", metric)
-            if has_solution(proj.path):
-                out["test"] = {"teacher": fold_scores(proj.path, "preds", metric, "test")}
+            measures = ["oof", "test"] if has_solution(proj.path) else ["oof"]
+            for where in measures:
+                out[where] = {"teacher": fold_scores(proj.path, "preds", metric, where)}
             pseudo = json.loads((proj.path / "metrics/pseudo.json").read_text())
             out["kept"] = [v["kept"] for k, v in pseudo.items() if k.startswith("fold")]
         last = proj.params()["pseudo"]["rounds"]
         folder = "students/preds" if last == 1 else f"rounds/{last}/preds"
-        out[name] = fold_scores(proj.path, folder, metric)
-        if "test" in out:
-            out["test"][name] = fold_scores(proj.path, folder, metric, "test")
-    return out | {"arms": ["teacher", *arms], "wall": time.perf_counter() - start}
+        for where in measures:
+            out[where][name] = fold_scores(proj.path, folder, metric, where)
+    return out | {"wall": time.perf_counter() - start}
 
 
 def goal(metric: str, control: float) -> float:
@@ -189,8 +188,7 @@ def line(kind: str, r: dict) -> str:
     """The arms' mean ± std over folds on the OOF rows, then on the test set (with a private
     solution.csv); each time, each student arm minus its control per fold, and whether the
     students (the default arm) meet the goal."""
-    oof = {a: r[a] for a in r["arms"]}
-    out = f"{kind:<10} {r['metric']:<10} OOF rows (CV)\n{block(r['metric'], oof)}"
+    out = f"{kind:<10} {r['metric']:<10} OOF rows (CV)\n{block(r['metric'], r['oof'])}"
     if "test" in r:
         out += f"\n{'':<21} test set (each fold's models, local leaderboard)\n"
         out += block(r["metric"], r["test"])
