@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.index import encode_labels  # noqa: E402
 from pipeline.metrics import METRICS, value  # noqa: E402
 from pipeline.preds import read_preds  # noqa: E402
+from pipeline.stages.submit import read_solution  # noqa: E402
 from tests.conftest import Project, merge  # noqa: E402
 
 OVERRIDES = {  # per competition: what its size needs (see the README's benchmark table)
@@ -116,8 +117,7 @@ def fold_scores(proj: Path, folder: str, metric: str, name: str = "oof") -> np.n
     folds = pd.read_csv(proj / "folds/folds.csv", dtype={"id": str, "label": str})
     truth = folds.set_index("id")["label"]
     if name == "test":
-        solution = pd.read_csv(proj / "data/raw/solution.csv", dtype=str, keep_default_na=False)
-        truth = solution.set_index(solution.columns[0])[solution.columns[1]]
+        truth = read_solution(proj / "data/raw/solution.csv").set_index("id")["truth"]
     models = yaml.safe_load((proj / "params.yaml").read_text())["train"]["backbones"]
     out = []
     for k in sorted(folds["fold"].unique()):

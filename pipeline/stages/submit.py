@@ -44,14 +44,19 @@ def submission_probs(sub: pd.DataFrame, meta: dict) -> np.ndarray:
     return np.eye(len(classes))[encode_labels(sub[col].astype(str), classes, "single_label")]
 
 
+def read_solution(path: Path) -> pd.DataFrame:
+    """A private solution's ids and truth: its first two columns (id, label or tags) as text."""
+    solution = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return solution.iloc[:, :2].set_axis(["id", "truth"], axis=1)
+
+
 def local_score(sub: pd.DataFrame, solution_path: Path, meta: dict, metric: str) -> dict:
     """Score against a private solution (id, label or tags) the way the leaderboard would.
 
     Rows whose truth holds a class the training labels never had cannot be scored by a model
     that knows no such class: they are left out and counted (unscored_rows, their ids and the
     unknown classes), and the score is over the other rows."""
-    solution = pd.read_csv(solution_path, dtype=str, keep_default_na=False)
-    truth = solution.iloc[:, :2].set_axis(["id", "truth"], axis=1)
+    truth = read_solution(solution_path)
     merged = truth.merge(sub.astype({sub.columns[0]: str}), left_on="id", right_on=sub.columns[0])
     if len(merged) != len(truth):
         raise PipelineError(
