@@ -455,6 +455,7 @@ def test_the_drop_control_stage_leaves_the_pseudolabels_places_out(workdir, caps
     train.run(p, "resnet10t", 0, student=True)
     out = capsys.readouterr().out
     assert f"many batches of {d.batch - n_ps} (the pseudolabels left out) as with its" in out
+    assert f"batches: 0 pseudolabeled + {d.batch - n_ps} labeled (0.0% pseudo)" in out
 
 
 def test_student_noise_overrides_the_teachers_augmentation_and_dropout(workdir, capsys):

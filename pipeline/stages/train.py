@@ -325,7 +325,9 @@ WEIGHTING_NOTES = {  # how each pseudolabeled image's loss is weighted and targe
 
 
 def mix_note(spec: Spec, batch: int, rows: int, acc: Accelerator) -> None:
-    n = pseudo_per_batch(batch, spec.mix.ratio) if len(spec.pseudo) else 0
+    left = batch - pseudo_per_batch(batch, spec.mix.ratio)  # the labeled rows of a mixed batch
+    n = batch - left if len(spec.pseudo) else 0
+    labeled = left if spec.mix.control == "drop" else batch - n
     kept = n_pseudo(spec)
     if kept * (batch - n) > rows * n > 0:
         acc.print(
@@ -336,7 +338,6 @@ def mix_note(spec: Spec, batch: int, rows: int, acc: Accelerator) -> None:
         on = " (augment keys: the pseudolabeled images only)" * (spec.mix.noise_on != "all")
         acc.print(f"student noise{on}: " + ", ".join(f"{k} {v}" for k, v in spec.mix.noise.items()))
     if spec.mix.control:
-        left = batch - pseudo_per_batch(batch, spec.mix.ratio)
         how = (
             f"of {batch}" if spec.mix.control is True else f"of {left} (the pseudolabels left out)"
         )
@@ -350,8 +351,8 @@ def mix_note(spec: Spec, batch: int, rows: int, acc: Accelerator) -> None:
             "trains on labeled rows only"
         )
     acc.print(
-        f"batches: {n} pseudolabeled + {batch - n} labeled "
-        f"({n / batch:.1%} pseudo), pseudo loss weight {spec.mix.weight}"
+        f"batches: {n} pseudolabeled + {labeled} labeled "
+        f"({n / (n + labeled):.1%} pseudo), pseudo loss weight {spec.mix.weight}"
         + ("" if spec.matched else WEIGHTING_NOTES[spec.mix.weighting]).format(t=spec.mix.threshold)
         + (f" ramped up over {spec.mix.weight_rampup} epochs" if spec.mix.weight_rampup else "")
     )
