@@ -119,13 +119,17 @@ def test_imbalance_a_group_column_wide_images_and_a_big_test_set(proj):
 def test_init_refuses_uncommitted_edits_unless_forced(proj, capsys):
     comp = proj.parent / "comp"
     lf.digit_recognizer(comp)
-    edited = (proj / "params.yaml").read_text().replace("epochs: 12", "epochs: 13")
+    epochs = load_params().train.epochs
+    text = (proj / "params.yaml").read_text()
+    edited = text.replace(f"\n  epochs: {epochs}\n", f"\n  epochs: {epochs + 1}\n", 1)
+    assert edited != text
     (proj / "params.yaml").write_text(edited)
     with pytest.raises(PipelineError, match="params.yaml differs from the committed one.*--force"):
         init.run(None, str(comp), pretrained=False)
     assert (proj / "params.yaml").read_text() == edited and not (proj / "data/raw").exists()
     init.run(None, str(comp), force=True, pretrained=False)
-    assert load_params().train.epochs == 13 and load_params().competition.layout == "pixels_csv"
+    p = load_params()
+    assert p.train.epochs == epochs + 1 and p.competition.layout == "pixels_csv"
 
 
 def bundle(writer) -> bytes:
