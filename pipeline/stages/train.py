@@ -325,8 +325,9 @@ WEIGHTING_NOTES = {  # how each pseudolabeled image's loss is weighted and targe
 
 
 def mix_note(spec: Spec, batch: int, rows: int, acc: Accelerator) -> None:
-    left = batch - pseudo_per_batch(batch, spec.mix.ratio)  # the labeled rows of a mixed batch
-    n = batch - left if len(spec.pseudo) else 0
+    mixed = pseudo_per_batch(batch, spec.mix.ratio)
+    left = batch - mixed  # the labeled rows of a mixed batch
+    n = mixed if len(spec.pseudo) else 0
     labeled = left if spec.mix.control == "drop" else batch - n
     kept = n_pseudo(spec)
     if kept * (batch - n) > rows * n > 0:
