@@ -52,6 +52,12 @@ def read_probs(folder: Path, name: str, classes: list[str]) -> tuple[pd.Index, n
     missing = [c for c in classes if c not in info["classes"]]
     if missing:
         raise PipelineError(f"{array}: no column for classes {missing[:5]}")
+    extra = [c for c in info["classes"] if c not in classes]
+    if extra:  # dropping them would leave rows that no longer sum to 1
+        raise PipelineError(
+            f"{array}: columns for classes {extra[:5]} the competition does not have; "
+            "run `dvc repro` for the stage that writes it"
+        )
     where = [info["classes"].index(c) for c in classes]
     return pd.Index(info["ids"], dtype=str, name="id"), probs[:, where]
 

@@ -32,13 +32,15 @@ def test_written_once_as_float32_and_read_mapped_with_the_columns_asked_for(tmp_
     assert list(frame.columns) == ["fox", "cat", "dog"] and frame.index.name == "id"
 
 
-def test_a_missing_file_a_missing_class_and_a_torn_pair_are_named(tmp_path):
+def test_a_missing_file_a_missing_or_extra_class_and_a_torn_pair_are_named(tmp_path):
     with pytest.raises(PipelineError, match=r"oof.npy: missing; run `dvc repro`"):
         read_probs(tmp_path, "oof", CLASSES)
     write_preds(tmp_path, "oof", ["a", "b"], probs(2, 0), CLASSES)
     assert has_preds(tmp_path, "oof") and not has_preds(tmp_path, "test")
     with pytest.raises(PipelineError, match=r"oof.npy: no column for classes \['owl'\]"):
         read_probs(tmp_path, "oof", [*CLASSES, "owl"])
+    with pytest.raises(PipelineError, match=r"oof.npy: columns for classes \['fox'\] the comp"):
+        read_probs(tmp_path, "oof", ["dog", "cat"])  # a stale file of more classes
     np.save(tmp_path / "oof.npy", probs(3, 1).astype(np.float32))  # rows of another run
     with pytest.raises(PipelineError, match=r"oof.npy: shape \(3, 3\) does not match .*oof.json"):
         read_probs(tmp_path, "oof", CLASSES)
