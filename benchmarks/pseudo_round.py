@@ -132,9 +132,13 @@ def has_solution(proj: Path) -> bool:
     return (proj / "data/raw/solution.csv").exists()
 
 
-def run(kind: str, work: Path, extra: dict, variants: dict[str, dict], rounds: int = 1) -> dict:
+def run(
+    kind: str, work: Path, extra: dict, variants: dict[str, dict], rounds: int = 1, skip=()
+) -> dict:
     """Per-fold scores of the teachers, the students, each variant of the students and the
-    control, all from the same teachers and pseudolabels (only the students retrain)."""
+    control, all from the same teachers and pseudolabels (only the students retrain); the arms
+    in `skip` are left out (not student: its run trains the teachers). Each arm's per-fold
+    scores are printed as it ends, so a stopped run keeps what it measured."""
     proj = Project(work / "proj")
     over = merge(merge(competition(kind, work), OVERRIDES[kind]), extra)
     proj.set_params(merge(over, {"pseudo": {"control": False}, "diagnose": {"enabled": False}}))
@@ -148,6 +152,8 @@ def run(kind: str, work: Path, extra: dict, variants: dict[str, dict], rounds: i
         arms[f"control_r{rounds}"] = merge(later, {"pseudo": {"control": True}})
     for name, arm in variants.items():  # its own control: as many steps as its students had
         arms[f"control_{name}"] = merge(arm, {"pseudo": {"control": True}})
+    for name in skip:
+        arms.pop(name, None)
     for name, arm in arms.items():
         # written whole: merging into the last arm's params kept its mappings (pseudo.noise: a
         # noisy arm's noise stayed on in the control run after it)
@@ -163,6 +169,8 @@ def run(kind: str, work: Path, extra: dict, variants: dict[str, dict], rounds: i
         folder = "students/preds" if last == 1 else f"rounds/{last}/preds"
         for where in measures:
             out[where][name] = fold_scores(proj.path, folder, metric, where)
+        done = "  ".join(f"{w} {np.round(out[w][name], 4).tolist()}" for w in measures)
+        print(f"{kind} {name}: {done}  {time.perf_counter() - start:.0f} s", flush=True)
     return out | {"wall": time.perf_counter() - start}
 
 
@@ -199,14 +207,18 @@ def block(m: str, scores: dict[str, np.ndarray]) -> str:
     sign = 1 if METRICS[m].higher_is_better else -1
     pad = " " * 21
     cells = "  ".join(f"{a} {v.mean():.4f} ± {v.std():.4f}" for a, v in scores.items())
-    gains = {a: sign * (scores[a] - scores[control_of(a)]) for a in scores if control_of(a) != a}
-    over = "  ".join(f"{a} {g.mean():+.4f} ± {g.std():.4f}" for a, g in gains.items())
-    drop = sign * (scores["student"] - scores["control_drop"])
-    return (
-        f"{pad} {cells}\n{pad} minus control: {over}; students: "
-        f"{verdict(m, gains['student'], scores['control'])}\n{pad} students minus control_drop: "
-        f"{drop.mean():+.4f} ± {drop.std():.4f}: {verdict(m, drop, scores['control_drop'])}"
+    paired = [a for a in scores if control_of(a) != a and control_of(a) in scores]
+    gains = {a: sign * (scores[a] - scores[control_of(a)]) for a in paired}
+    over = "  ".join(
+        f"{a} {g.mean():+.4f} ± {g.std():.4f}: {verdict(m, g, scores[control_of(a)])}"
+        for a, g in gains.items()
     )
+    out = f"{pad} {cells}\n{pad} minus control: {over}"
+    if "control_drop" in scores:
+        drop = sign * (scores["student"] - scores["control_drop"])
+        out += f"\n{pad} students minus control_drop: {drop.mean():+.4f} ± {drop.std():.4f}: "
+        out += verdict(m, drop, scores["control_drop"])
+    return out
 
 
 def verdict(metric: str, gain: np.ndarray, control: np.ndarray) -> str:
@@ -224,14 +236,18 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:a.b=v[;c.d=w]",
                     help="students again with these overrides, on the same teachers")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=1, help="also the students of this round")
+    ap.add_argument("--skip", action="append", default=[], metavar="ARM",
+                    help="leave this arm out, e.g. control_drop (not student)")  # fmt: skip
     a = ap.parse_args()
+    if "student" in a.skip:
+        ap.error("--skip student: the students' run trains the teachers every arm shares")
     extra = parse_set(a.set)
     variants = {
         name: parse_set(sets.split(";")) for name, _, sets in (v.partition(":") for v in a.variant)
     }
     for kind in a.kinds or OVERRIDES:
         with tempfile.TemporaryDirectory() as tmp:
-            print(line(kind, run(kind, Path(tmp), extra, variants, a.rounds)), flush=True)
+            print(line(kind, run(kind, Path(tmp), extra, variants, a.rounds, a.skip)), flush=True)
 
 
 if __name__ == "__main__":
