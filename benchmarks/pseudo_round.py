@@ -7,6 +7,7 @@ pseudolabels left out: pseudo.control: drop) and the students.
     python benchmarks/pseudo_round.py elpv fewlabels --set pseudo.ratio=2
     python benchmarks/pseudo_round.py elpv --variant t0.7:pseudo.threshold=0.7   # more students
     python benchmarks/pseudo_round.py elpv --rounds 2     # + round 2's students and its control
+    python benchmarks/pseudo_round.py elpv --skip control_drop   # an arm left out, for time
 
 Each competition runs in a fresh copy of the project (params.yaml, then OVERRIDES, then --set).
 `dvc repro ensemble_final` trains the teachers and the students; then `pseudo.control: true` and
